@@ -1,0 +1,422 @@
+"""The routes: parse a request, call a component, answer with the JSON envelope.
+
+No business logic lives here. Errors are values at the edges: `ApiError`, `MediaError` and
+`HttpError` all become the failure envelope in `handle`, the one place that does so.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import mimetypes
+import os
+import re
+from dataclasses import dataclass
+
+import multipart
+
+from loop import __version__, media
+from loop.config import FITS
+from loop.media import MediaError
+from loop.player import MODES
+from loop.server import HttpError, Request, Response
+from loop.store import MAX_NAME, valid_id
+from loop.uploads import UPLOAD_ID
+
+log = logging.getLogger("loop.api")
+
+JSON_BODY_LIMIT = 64 * 1024
+WEB_DIR = os.path.join(os.path.dirname(__file__), "web")
+STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 408: "bad_request", 409: "conflict",
+                411: "length_required", 413: "payload_too_large", 414: "bad_request",
+                415: "unsupported_media", 421: "forbidden", 422: "validation_failed",
+                429: "rate_limited", 431: "bad_request", 500: "internal",
+                501: "not_implemented", 503: "busy", 507: "insufficient_storage"}
+DASHBOARD_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                               "style-src 'self'; script-src 'self'; connect-src 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+}
+IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
+class ApiError(Exception):
+    """A refusal by a route: HTTP status, machine code, sentence, extra headers."""
+
+    def __init__(self, status: int, code: str, message: str, headers=None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
+
+
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def envelope(status: int, data, message: str | None = None, headers=None) -> Response:
+    body = _json_bytes({"success": True, "message": message, "data": data})
+    return Response(status, body, "application/json", dict(headers or {}))
+
+
+def envelope_error(status: int, code: str, message: str) -> Response:
+    body = _json_bytes({"success": False, "message": message, "error": code, "data": None})
+    return Response(status, body, "application/json", {})
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern
+    handler: str
+    rate: str  # rate-limit class: poll | control | upload | static
+    doc: str
+
+
+def _route(method, path, handler, rate, doc) -> Route:
+    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)
+    return Route(method, re.compile(f"\\A{regex}\\Z"), handler, rate, doc)
+
+
+ROUTES = [
+    _route("GET", "/", "dashboard", "static", "the web dashboard"),
+    _route("GET", "/api", "index", "poll", "this index of routes"),
+    _route("GET", "/api/poll/status", "status", "poll", "state snapshot for polling"),
+    _route("GET", "/api/poll/progress", "progress", "poll", "upload and render jobs"),
+    _route("GET", "/api/poll/health", "health", "poll", "health checks and numbers"),
+    _route("GET", "/api/media", "list_media", "poll", "every item, loop order first"),
+    _route("POST", "/api/media", "upload", "upload",
+           "upload: multipart field 'file' (several allowed) or a raw body with ?name="),
+    _route("GET", "/api/media/{id}", "get_media", "poll", "one item"),
+    _route("PATCH", "/api/media/{id}", "patch_media", "control",
+           "change name, loop_count, duration_sec"),
+    _route("DELETE", "/api/media/{id}", "delete_media", "control", "delete an item"),
+    _route("GET", "/api/media/{id}/thumb.png", "thumb", "static", "preview image"),
+    _route("GET", "/api/media/{id}/original", "original", "static",
+           "the upload as received"),
+    _route("GET", "/api/loop", "get_loop", "poll", "what plays, in order"),
+    _route("PUT", "/api/loop", "put_loop", "control", "set what plays, in order"),
+    _route("POST", "/api/playback/select", "select", "control", "show an item now"),
+    _route("POST", "/api/playback/{action}", "playback", "control",
+           "play, pause, toggle, next, previous"),
+    _route("PUT", "/api/playback/mode", "mode", "control", "all, one or shuffle"),
+    _route("GET", "/api/display", "get_display", "poll", "brightness, fit, driver, breaker"),
+    _route("PUT", "/api/display", "put_display", "control", "change brightness or fit"),
+    _route("GET", "/api/display/frame.png", "frame_png", "static",
+           "what the panel shows now (?scale=)"),
+    _route("GET", "/{asset}", "asset", "static", "dashboard scripts and styles"),
+]
+TRANSPORT = ("play", "pause", "toggle", "next", "previous")
+
+
+class Api:
+    """Route table and handlers over the components `app` wires together."""
+
+    def __init__(self, app):
+        self.app = app
+
+    # ---- dispatch ----------------------------------------------------------------------
+    def handle(self, request: Request) -> Response:
+        """Answer one request; every failure becomes the envelope here."""
+        try:
+            route, params = self._match(request)
+            response = getattr(self, route.handler)(request, **params)
+        except (ApiError, MediaError, HttpError) as exc:
+            response = envelope_error(exc.status, exc.code, exc.message)
+            response.headers.update(getattr(exc, "headers", {}))
+        except Exception:
+            log.exception("bug while answering %s %s", request.method, request.path)
+            response = envelope_error(500, "internal", "internal error")
+        return response
+
+    def _match(self, request: Request):
+        method = "GET" if request.method == "HEAD" else request.method
+        allowed = []
+        for route in ROUTES:
+            match = route.pattern.match(request.path)
+            if match:
+                if route.method == method:
+                    return route, match.groupdict()
+                allowed.append(route.method)
+        if allowed:
+            allow = ", ".join(sorted(set(allowed) | ({"HEAD"} if "GET" in allowed else set())))
+            raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here",
+                           {"Allow": allow})
+        raise ApiError(404, "not_found", f"no such resource: {request.path[:100]}")
+
+    # ---- request helpers ---------------------------------------------------------------
+    def _json_body(self, request: Request) -> dict:
+        body = request.body
+        if body is None or body.length == 0:
+            raise ApiError(400, "bad_json", "a JSON object body is required")
+        if body.length > JSON_BODY_LIMIT:
+            raise ApiError(413, "payload_too_large", "JSON bodies are limited to 64 KiB")
+        try:
+            value = json.loads(body.read_all().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise ApiError(400, "bad_json", "the body must be a JSON object")
+        return value
+
+    def _item(self, item_id: str) -> dict:
+        # the id is checked against a strict pattern before anything else looks at it
+        item = self.app.store.view.get(item_id) if valid_id(item_id) else None
+        if item is None:
+            raise ApiError(404, "not_found", "no such item")
+        return item
+
+    def public_item(self, meta: dict) -> dict:
+        out = {key: meta.get(key) for key in ("id", "name", "kind", "width", "height",
+                                               "frames", "duration_ms", "bytes", "created_at",
+                                               "loop_count", "duration_sec")}
+        out["notes"] = meta.get("notes", [])
+        out["in_loop"] = meta["id"] in self.app.store.view.loop
+        out["quarantined"] = meta["id"] in self.app.player.quarantined
+        out["thumb"] = f"/api/media/{meta['id']}/thumb.png"
+        return out
+
+    # ---- static ------------------------------------------------------------------------
+    def dashboard(self, request):
+        return self._static("index.html")
+
+    def asset(self, request, asset):
+        return self._static(asset)
+
+    def _static(self, name: str) -> Response:
+        if not re.fullmatch(r"[a-z0-9_-]+\.(html|js|css|png|svg|ico)", name):
+            raise ApiError(404, "not_found", "no such file")
+        path = os.path.join(WEB_DIR, name)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            raise ApiError(404, "not_found", "no such file") from None
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype.endswith("javascript"):
+            ctype += "; charset=utf-8"
+        headers = dict(DASHBOARD_HEADERS, **{"Cache-Control": "no-cache"})
+        return Response(200, data, ctype, headers)
+
+    def index(self, request):
+        routes = [{"name": r.handler, "method": r.method,
+                   "path": r.pattern.pattern[2:-2].replace("(?P<", "{").replace(">[^/]+)", "}"),
+                   "doc": r.doc} for r in ROUTES]
+        return envelope(200, {"routes": routes, "version": __version__})
+
+    # ---- polling -----------------------------------------------------------------------
+    def status(self, request):
+        data, version = self.app.status_snapshot()
+        etag = f'W/"{version}"'
+        if etag in _etags(request.headers.get("If-None-Match", "")):
+            return Response(304, b"", "application/json", {"ETag": etag})
+        return envelope(200, data, headers={"ETag": etag, "Cache-Control": "no-cache"})
+
+    def progress(self, request):
+        return envelope(200, {"jobs": self.app.jobs.list()})
+
+    def health(self, request):
+        return envelope(200, self.app.health())
+
+    # ---- library -----------------------------------------------------------------------
+    def list_media(self, request):
+        view = self.app.store.view
+        in_loop = {i: n for n, i in enumerate(view.loop)}
+        items = sorted(view.items, key=lambda m: (in_loop.get(m["id"], len(in_loop)),))
+        return envelope(200, {"items": [self.public_item(m) for m in items]})
+
+    def get_media(self, request, id):
+        return envelope(200, self.public_item(self._item(id)))
+
+    def patch_media(self, request, id):
+        self._item(id)
+        body = self._json_body(request)
+        changes = {}
+        for key, value in body.items():
+            if key == "name":
+                if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+                    raise ApiError(422, "validation_failed",
+                                   f"name must be 1..{MAX_NAME} characters")
+                changes["name"] = value.strip()
+            elif key == "loop_count":
+                _check_number(key, value, int, 1, 10000)
+                changes[key] = value
+            elif key == "duration_sec":
+                _check_number(key, value, (int, float), 0.1, 86400)
+                changes[key] = value
+            else:
+                raise ApiError(422, "validation_failed", f"{key} cannot be changed")
+        meta = self.app.store.update_item(id, changes)
+        self.app.player.command("library", wait=False)
+        return envelope(200, self.public_item(meta))
+
+    def delete_media(self, request, id):
+        self._item(id)
+        self.app.store.delete_item(id)
+        self.app.player.command("library")
+        return envelope(200, {"id": id}, "deleted")
+
+    def thumb(self, request, id):
+        self._item(id)
+        return self._file(self.app.store.thumb_path(id), "image/png", IMMUTABLE)
+
+    def original(self, request, id):
+        item = self._item(id)
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", item.get("name") or id)[:100]
+        ext = item.get("ext", "bin")
+        if not safe.lower().endswith("." + ext):
+            safe += "." + ext
+        # never an active content type: user bytes are not served as HTML/SVG/JS
+        headers = dict(IMMUTABLE, **{"Content-Disposition": f'attachment; filename="{safe}"',
+                                     "X-Content-Type-Options": "nosniff"})
+        return self._file(self.app.store.original_path(id), "application/octet-stream",
+                          headers)
+
+    def _file(self, path: str, ctype: str, headers: dict) -> Response:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            raise ApiError(404, "not_found", "no such file") from None
+        return Response(200, data, ctype, dict(headers))
+
+    def get_loop(self, request):
+        return envelope(200, {"items": list(self.app.store.view.loop)})
+
+    def put_loop(self, request):
+        ids = self._json_body(request).get("items")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ApiError(422, "validation_failed", "items must be a list of item ids")
+        self.app.store.set_loop(ids)
+        self.app.player.command("library")
+        return envelope(200, {"items": list(self.app.store.view.loop)})
+
+    # ---- uploads -----------------------------------------------------------------------
+    def upload(self, request):
+        """Framing and admission checks run before a byte of the body is read."""
+        body = request.body
+        if body is None:
+            raise ApiError(411, "length_required", "uploads need a Content-Length")
+        limit = int(self.app.cfg.media.max_upload_mb * 1024 * 1024)
+        if body.length > limit:
+            raise ApiError(413, "payload_too_large", f"upload is larger than "
+                           f"media.max_upload_mb = {self.app.cfg.media.max_upload_mb:g} MB")
+        if body.length == 0:
+            raise ApiError(400, "bad_request", "the upload is empty")
+        client_upload_id = upload_id(request)
+        intake = self.app.intake
+        if not intake.slots.acquire(blocking=False):
+            raise ApiError(503, "busy", "all processing slots are busy; try again shortly",
+                           {"Retry-After": "2"})
+        try:
+            intake.check_disk(body.length)
+            ctype = request.headers.get("Content-Type", "")
+            if ctype.lower().startswith("multipart/form-data"):
+                boundary = multipart.parse_options_header(ctype)[1].get("boundary")
+                if not boundary:
+                    raise ApiError(400, "bad_request", "multipart body without a boundary")
+                files = intake.receive_multipart(body.read, body.length, boundary,
+                                                 client_upload_id)
+            else:
+                files = intake.receive_raw(body.read, body.length, request.arg("name"),
+                                           client_upload_id)
+            status, results = intake.process_all(files)
+        finally:
+            intake.slots.release()
+        for result in results:
+            if result["item"] is not None:
+                result["item"] = self.public_item(result["item"])
+        if status in (200, 201):
+            self.app.player.command("library", wait=False)
+            return envelope(status, {"results": results})
+        first = next(r for r in results if r["status"] == status)
+        body = _json_bytes({"success": False, "message": first["error"],
+                            "error": first["code"],
+                            "data": {"results": results}})
+        return Response(status, body)
+
+    # ---- playback ----------------------------------------------------------------------
+    def playback(self, request, action):
+        if action not in TRANSPORT:
+            raise ApiError(404, "not_found", f"no playback action {action[:40]}")
+        status = self.app.player.command(action)
+        return envelope(200, status.as_dict(self.app.player.frame_index))
+
+    def select(self, request):
+        item_id = self._json_body(request).get("id")
+        if not isinstance(item_id, str):
+            raise ApiError(422, "validation_failed", "id must be an item id")
+        self._item(item_id)
+        status = self.app.player.command("select", item_id=item_id)
+        return envelope(200, status.as_dict(self.app.player.frame_index))
+
+    def mode(self, request):
+        mode = self._json_body(request).get("mode")
+        if mode not in MODES:
+            raise ApiError(422, "validation_failed", f"mode must be one of {', '.join(MODES)}")
+        status = self.app.player.command("mode", mode=mode)
+        return envelope(200, status.as_dict(self.app.player.frame_index))
+
+    # ---- display -----------------------------------------------------------------------
+    def get_display(self, request):
+        return envelope(200, self.app.display_state())
+
+    def put_display(self, request):
+        body = self._json_body(request)
+        unknown = set(body) - {"brightness", "fit"}
+        if unknown:
+            raise ApiError(422, "validation_failed", f"{sorted(unknown)[0]} cannot be changed")
+        if "brightness" in body:
+            _check_number("brightness", body["brightness"], int, 0, 100)
+        if "fit" in body and body["fit"] not in FITS:
+            raise ApiError(422, "validation_failed", "fit must be contain, cover or stretch")
+        if "brightness" in body:
+            self.app.player.command("brightness", value=body["brightness"])
+        if "fit" in body:
+            self.app.set_fit(body["fit"])
+        return envelope(200, self.app.display_state())
+
+    def frame_png(self, request):
+        try:
+            scale = int(request.arg("scale", "4"))
+        except ValueError:
+            raise ApiError(400, "bad_request", "scale must be a whole number 1..16") from None
+        if not 1 <= scale <= 16:
+            raise ApiError(400, "bad_request", "scale must be a whole number 1..16")
+        preview = self.app.player.preview
+        width, height = self.app.target().width, self.app.target().height
+        if preview is None:
+            image = media.text_screen([], width, height)
+        else:
+            frames, index = preview
+            image = media.frame_image(frames.frame(index), frames.width, frames.height,
+                                      frames.pixel_format)
+        image = image.resize((image.width * scale, image.height * scale),
+                             media.Image.Resampling.NEAREST)
+        out = io.BytesIO()
+        image.save(out, "PNG", compress_level=1)
+        return Response(200, out.getvalue(), "image/png", {"Cache-Control": "no-store"})
+
+
+def _etags(header: str) -> set:
+    return {tag.strip() for tag in header.split(",") if tag.strip()}
+
+
+def _check_number(name, value, kind, lo, hi) -> None:
+    if value is None and name in ("loop_count", "duration_sec"):
+        return  # null = back to the default
+    if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
+        raise ApiError(422, "validation_failed", f"{name} must be a number {lo}..{hi}")
+
+
+def upload_id(request: Request) -> str | None:
+    """The client's X-Upload-Id, if it is well-formed (else 400)."""
+    value = request.headers.get("X-Upload-Id")
+    if value is None:
+        return None
+    if not UPLOAD_ID.match(value):
+        raise ApiError(400, "bad_request", "X-Upload-Id must be 1-64 of A-Z a-z 0-9 _ -")
+    return value

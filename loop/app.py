@@ -1,0 +1,302 @@
+"""Builds the components from config, starts them in order, handles signals, stops them.
+
+Start order (DESIGN.md): bind the listening socket, open the hardware, drop privileges, load
+the library, start the display and monitor threads, serve requests, then `READY=1`.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import pwd
+import signal
+import socket
+import sys
+import threading
+import time
+
+from loop import __version__, config, display, media, server
+from loop.api import Api
+from loop.breaker import Breaker
+from loop.monitor import Monitor
+from loop.player import Player
+from loop.sdnotify import Notifier
+from loop.store import Store
+from loop.uploads import Intake, Jobs
+
+log = logging.getLogger("loop.app")
+
+EXIT_OK, EXIT_CONFIG, EXIT_RESTART = 0, 2, 75
+# Keys a SIGHUP cannot change in a running process.
+RESTART_KEYS = ("web.host", "web.port", "web.max_concurrent_requests", "system.data_dir",
+                "system.user", "processing.max_concurrent_jobs") + tuple(
+    f"display.{k}" for k in config.SCHEMA["display"] if k not in ("brightness", "fit"))
+
+
+class App:
+    """The service: every component, wired together."""
+
+    def __init__(self, cfg: config.Config, *, args=None, environ=None, module=None):
+        self.cfg = cfg
+        self.args = args
+        self.environ = os.environ if environ is None else environ
+        self.notifier = Notifier.from_environ(self.environ)
+        self.started = time.monotonic()
+        self.exit_code = EXIT_OK
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._module = module  # an injected rgbmatrix module (tests)
+        self.server: server.LoopServer | None = None
+        self.store = Store(cfg.system.data_dir, {
+            "brightness": cfg.display.brightness, "fit": cfg.display.fit, "mode": "all",
+            "current": None})
+        self.jobs = Jobs(cfg.processing.job_cleanup_hours * 3600)
+        self.slots = threading.BoundedSemaphore(cfg.processing.max_concurrent_jobs)
+        self.intake = Intake(self.store, self.jobs, cfg, self.target, self.slots)
+        self.api = Api(self)
+        self.breaker = Breaker(cfg.display.breaker_max_failures,
+                               cfg.display.slow_call_ms / 1000, cfg.display.breaker_reset_sec,
+                               cfg.display.breaker_max_reset_sec)
+        self.driver = None
+        self.display_reason: str | None = None
+        self.privileges = {"user": None, "dropped": False, "reason": None}
+        self.player: Player | None = None
+        self.monitor: Monitor | None = None
+        self._serve_thread: threading.Thread | None = None
+
+    # ---- start / stop ------------------------------------------------------------------
+    def start(self) -> None:
+        """Bring the service up in the design's order; raises on a fatal start-up error."""
+        os.makedirs(self.cfg.system.data_dir, exist_ok=True)
+        self.server = server.bind(self.cfg.web.host, self.cfg.web.port, self.cfg.web, self.api)
+        self.driver, self.display_reason = display.open_driver(
+            self.cfg.display, self.cfg.system.data_dir, module=self._module)
+        if self.display_reason:
+            log.warning("display: %s", self.display_reason)
+        self._drop_privileges()
+        self.store.open()
+        self.player = Player(self.store, self.driver, self.breaker, self.cfg,
+                             hint_lines=self.url_lines())
+        self.monitor = Monitor(self, self.notifier)
+        self.player.start()
+        if self.cfg.display.boot_screen_sec > 0:
+            self.player.screen(["LOOP"] + self.url_lines(), self.cfg.display.boot_screen_sec)
+        self.player.command("library", wait=False)
+        self._serve_thread = threading.Thread(target=self.server.serve_forever,
+                                              kwargs={"poll_interval": 0.2}, name="http",
+                                              daemon=True)
+        self._serve_thread.start()
+        self.monitor.start()
+        host, port = self.server.server_address[:2]
+        print(f"LOOP listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        self.notifier.ready(f"serving on port {port}")
+
+    def stop(self) -> None:
+        """Graceful shutdown: stop accepting, drain, stop the player, flush, close."""
+        self.notifier.stopping()
+        deadline = time.monotonic() + self.cfg.system.shutdown_timeout_sec
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.socket.close()
+            while self.server.in_flight > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.server.in_flight:
+                log.warning("%d request(s) still running at the shutdown deadline",
+                            self.server.in_flight)
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.player is not None:
+            self.player.stop(max(0.5, deadline - time.monotonic()))
+        if self.driver is not None:
+            try:
+                self.driver.close()
+            except Exception as exc:  # the panel may already be gone; shutting down anyway
+                log.warning("display close failed: %s", exc)
+        self.store.flush()
+        self.notifier.close()
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; SIGHUP reloads config.json. Returns the exit status."""
+        faulthandler.enable()  # the watchdog's SIGABRT leaves every thread's stack in the log
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: (self._reload.set(), self._stop.set()))
+        self.start()
+        while True:
+            self._stop.wait()
+            if self._reload.is_set():
+                self._reload.clear()
+                self._stop.clear()
+                self.reload()
+                continue
+            break
+        log.info("stopping")
+        self.stop()
+        return self.exit_code
+
+    def request_stop(self, exit_code: int = EXIT_OK) -> None:
+        self.exit_code = exit_code
+        self._stop.set()
+
+    def reload(self) -> None:
+        """Re-read config.json; apply what can change live, keep the old config on error."""
+        self.notifier.reloading()
+        try:
+            new = config.load(self.args, self.environ) if self.args else self.cfg
+        except config.ConfigError as exc:
+            log.error("reload ignored, keeping the running config: %s", exc)
+            self.notifier.ready()
+            return
+        old_flat, new_flat = _flat(self.cfg), _flat(new)
+        changed = [k for k in new_flat if new_flat[k] != old_flat[k]]
+        needs_restart = [k for k in changed if k in RESTART_KEYS]
+        kept = {k: old_flat[k] for k in needs_restart}
+        self.cfg = new.replace(**kept) if kept else new
+        self.intake.cfg = self.cfg
+        self.player.cfg = self.cfg
+        self.jobs.keep_sec = self.cfg.processing.job_cleanup_hours * 3600
+        self.server.reconfigure(self.cfg.web)
+        log.info("config reloaded; changed: %s", ", ".join(changed) or "nothing")
+        if needs_restart:
+            log.warning("these keys need a restart to take effect: %s", ", ".join(needs_restart))
+        self.notifier.ready()
+
+    def _drop_privileges(self) -> None:
+        """Started as root: become system.user once the hardware is open."""
+        if os.geteuid() != 0:
+            self.privileges = {"user": _user_name(), "dropped": False, "reason": "not root"}
+            return
+        if not self.cfg.display.drop_privileges:
+            self.privileges = {"user": "root", "dropped": False,
+                               "reason": "display.drop_privileges is false"}
+            return
+        name = self.cfg.system.user
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            log.warning("running as root: the service user %r does not exist", name)
+            self.privileges = {"user": "root", "dropped": False,
+                               "reason": f"user {name} does not exist"}
+            return
+        if getattr(self.driver, "drops_privileges", False):
+            self.privileges = {"user": name, "dropped": os.geteuid() != 0, "reason": None}
+            if os.geteuid() != 0:
+                return
+        os.setgroups(os.getgrouplist(name, entry.pw_gid))
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+        self.privileges = {"user": name, "dropped": True, "reason": None}
+
+    # ---- views for the API -------------------------------------------------------------
+    def target(self) -> media.Target:
+        fit = self.store.settings.get("fit", self.cfg.display.fit)
+        return media.Target(self.driver.width, self.driver.height, self.driver.pixel_format,
+                            fit)
+
+    def url_lines(self) -> list[str]:
+        port = self.server.port if self.server else self.cfg.web.port
+        suffix = "" if port == 80 else f":{port}"
+        return [f"{primary_ip()}{suffix}"]
+
+    def set_fit(self, fit: str) -> None:
+        self.store.update_settings(durable=True, fit=fit)
+
+    def display_status(self) -> str:
+        if self.player.brightness == 0:
+            return "off"
+        if self.breaker.state != "closed" or self.display_reason:
+            return "degraded"
+        return "ok"
+
+    def display_state(self) -> dict:
+        settings = self.store.settings
+        return {"brightness": self.player.brightness, "fit": settings.get("fit"),
+                "driver": self.driver.name, "width": self.driver.width,
+                "height": self.driver.height, "status": self.display_status(),
+                "reason": self.display_reason, "breaker": self.breaker.snapshot()}
+
+    def status_snapshot(self) -> tuple[dict, str]:
+        """The polling snapshot and its version (which ignores the frame counter)."""
+        player = self.player.status
+        view = self.store.view
+        breaker = self.breaker.state
+        display_status = self.display_status()
+        jobs_active = self.jobs.active
+        version = f"{player.version}.{view.version}.{self.jobs.version}.{breaker}." \
+                  f"{display_status}"
+        data = {"player": player.as_dict(self.player.frame_index),
+                "display": {"driver": self.driver.name, "status": display_status,
+                            "breaker": breaker},
+                "library": {"items": len(view.items), "bytes": view.bytes},
+                "jobs_active": jobs_active, "version": version}
+        return data, version
+
+    def health(self) -> dict:
+        checks = self.monitor.checks()
+        breaker = self.breaker.snapshot()
+        checks["display"] = {
+            "status": "ok" if self.display_status() != "degraded" else "degraded",
+            "reason": self.display_reason or (f"circuit breaker {breaker['state']}: "
+                                              f"{breaker['last_error']}"
+                                              if breaker["state"] != "closed" else None),
+            "driver": self.driver.name, "breaker": breaker,
+            "frames_shown": self.player.frames_shown, "late_frames": self.player.late_frames}
+        checks["privileges"] = dict(self.privileges, status="ok", reason=None
+                                    if self.privileges["dropped"] or os.geteuid() != 0
+                                    else "running as root")
+        checks["storage"] = {"status": "ok", "reason": None,
+                             "recovery": self.store.recovery, "index_writes":
+                             self.store.index_writes}
+        checks["http"] = dict({"status": "ok", "reason": None}, **self.server.counters.as_dict())
+        statuses = [c["status"] for c in checks.values()]
+        status = "failing" if "failing" in statuses else (
+            "degraded" if "degraded" in statuses else "ok")
+        return {"status": status, "healthy": status != "failing", "checks": checks,
+                "version": __version__, "uptime_sec": round(time.monotonic() - self.started, 1),
+                "history": [{"t": round(s.time - self.started, 1), "rss_mb": round(s.rss_mb, 1),
+                             "cpu_percent": s.cpu_percent, "temp_c": s.temp_c}
+                            for s in list(self.monitor.history)]}
+
+
+def _flat(cfg: config.Config) -> dict:
+    return {f"{s}.{k}": v for s, keys in cfg.as_dict().items() for k, v in keys.items()}
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def primary_ip() -> str:
+    """The first non-loopback IPv4 address (no packet is sent by a UDP connect)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing lookup only
+            address = probe.getsockname()[0]
+            if not address.startswith("127."):
+                return address
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+def main(argv=None) -> int:
+    """Entry point of `loop.py`."""
+    parser = config.argument_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.load(args)
+    except config.ConfigError as exc:
+        print(f"loop: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=cfg.system.log_level, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    app = App(cfg, args=args)
+    try:
+        return app.run()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1

@@ -1,0 +1,388 @@
+"""The display thread: what to show when, frame pacing, commands, heartbeat, preview frame.
+
+Frame deadlines are absolute on the monotonic clock, so timing does not drift; when the thread
+is late by more than a frame it skips ahead instead of piling up lag. Commands arrive through a
+queue that also serves as the thread's only sleep, so they take effect at once. Other threads
+read `status`, `frame_index` and `preview` without locks: each is replaced, never mutated.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from loop import media
+from loop.frames import FrameFile, FrameFileError
+
+log = logging.getLogger("loop.player")
+
+MODES = ("all", "one", "shuffle")
+IDLE_WAKE_SEC = 1.0  # an idle thread still wakes this often to keep its heartbeat fresh
+COMMAND_WAIT_SEC = 2.0
+
+
+@dataclass(frozen=True)
+class PlayerStatus:
+    state: str  # playing | paused | idle
+    item: str | None
+    name: str | None
+    frames: int
+    position: int  # index of the item in the loop
+    length: int  # items in the loop
+    mode: str
+    brightness: int
+    version: int
+
+    def as_dict(self, frame: int) -> dict:
+        return {"state": self.state, "item": self.item, "name": self.name, "frame": frame,
+                "frames": self.frames, "position": self.position, "length": self.length,
+                "mode": self.mode, "brightness": self.brightness}
+
+
+class Screen:
+    """A single generated frame (boot URL, empty-library hint) with a FrameFile-like face."""
+
+    count = 1
+    durations = (1000,)
+
+    def __init__(self, image, pixel_format: str):
+        self.width, self.height = image.size
+        self.pixel_format = pixel_format
+        self._data = media.to_pixels(image, pixel_format)
+
+    def frame(self, index: int):
+        return self._data
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Playing:
+    item: dict
+    frames: object  # FrameFile or Screen
+    index: int = 0
+    loops: int = 0
+    started: float = 0.0
+    deadline: float = 0.0
+
+
+class Player(threading.Thread):
+    """Plays the loop on the driver, through the circuit breaker."""
+
+    def __init__(self, store, driver, breaker, cfg, *, hint_lines=(), clock=time.monotonic,
+                 rng=None):
+        super().__init__(name="display", daemon=True)
+        self.store, self.driver, self.breaker, self.cfg = store, driver, breaker, cfg
+        self.hint_lines = list(hint_lines)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.commands: queue.Queue = queue.Queue()
+        settings = store.settings
+        self.mode = settings.get("mode", "all")
+        self.brightness = int(settings.get("brightness", cfg.display.brightness))
+        self.paused = False
+        self.heartbeat = clock()
+        self.frame_index = 0
+        self.frames_shown = 0
+        self.late_frames = 0
+        self.driver_failures = 0
+        self.quarantined: frozenset = frozenset()
+        self.preview = None  # (frames, index) of what the panel shows now
+        self._now: _Playing | None = None
+        self._library_version = -1
+        self._screen_until = 0.0
+        self._stopping = False
+        self._version = 0
+        self.status = self._make_status()
+
+    # ---- API side (any thread) ----------------------------------------------------------
+    def command(self, name: str, wait: bool = True, **args) -> PlayerStatus:
+        """Queue a command; with `wait`, return the status once the thread has applied it."""
+        done = threading.Event() if wait else None
+        self.commands.put((name, args, done))
+        if done is not None:
+            done.wait(COMMAND_WAIT_SEC)
+        return self.status
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.commands.put(("stop", {}, None))
+        self.join(timeout)
+
+    def screen(self, lines: list[str], seconds: float) -> None:
+        """Show a status screen (e.g. the boot URL) for `seconds`."""
+        self.commands.put(("screen", {"lines": lines, "seconds": seconds}, None))
+
+    # ---- the thread --------------------------------------------------------------------
+    def run(self) -> None:
+        self._apply_brightness()
+        timeout = 0.0
+        while not self._stopping:
+            self._wait(timeout)
+            if self._stopping:
+                break
+            self.heartbeat = self.clock()
+            try:
+                timeout = self._step()
+            except Exception:  # a bug must not kill the display thread; the log shows it
+                log.exception("player step failed")
+                timeout = IDLE_WAKE_SEC
+        self._call_driver(self.driver.clear)
+        self._close_current()
+
+    def _wait(self, timeout: float | None) -> None:
+        """Sleep until the deadline or a command, then apply every queued command."""
+        wait = IDLE_WAKE_SEC if timeout is None else max(0.0, min(timeout, IDLE_WAKE_SEC))
+        try:
+            item = self.commands.get(timeout=wait) if wait > 0 else self.commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._apply(*item)
+            try:
+                item = self.commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply(self, name: str, args: dict, done) -> None:
+        try:
+            getattr(self, f"_cmd_{name}")(**args)
+        except Exception:
+            log.exception("player command %s failed", name)
+        finally:
+            if done is not None:
+                done.set()
+
+    # ---- commands (display thread only) --------------------------------------------------
+    def _cmd_stop(self):
+        self._stopping = True
+
+    def _cmd_library(self):
+        pass  # _step re-reads the library when its version moved
+
+    def _cmd_play(self):
+        self._set_paused(False)
+
+    def _cmd_pause(self):
+        self._set_paused(True)
+
+    def _cmd_toggle(self):
+        self._set_paused(not self.paused)
+
+    def _cmd_next(self):
+        self._advance(+1)
+
+    def _cmd_previous(self):
+        self._advance(-1)
+
+    def _cmd_select(self, item_id: str):
+        self._start_item(item_id)
+
+    def _cmd_mode(self, mode: str):
+        self.mode = mode
+        self.store.update_settings(mode=mode)
+        self._changed()
+
+    def _cmd_brightness(self, value: int):
+        self.brightness = value
+        self.store.update_settings(brightness=value)
+        self._apply_brightness()
+        self._changed()
+
+    def _cmd_screen(self, lines, seconds):
+        self._screen_until = self.clock() + seconds
+        self._show_screen(lines)
+
+    def _set_paused(self, paused: bool):
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if not paused and self._now is not None:
+            # resume where it stopped: the frame position is kept, the clock restarts
+            self._now.deadline = self.clock()
+        self._changed()
+
+    # ---- playback ----------------------------------------------------------------------
+    def _step(self) -> float | None:
+        """Do what is due now; return seconds until the next thing is due (None = idle)."""
+        now = self.clock()
+        if now < self._screen_until:
+            return self._screen_until - now
+        view = self.store.view
+        if view.version != self._library_version:
+            self._library_version = view.version
+            self._library_changed(view)
+        if self._now is None or self._now.item is None:
+            return None
+        if self.paused:
+            return None
+        playing = self._now
+        if now < playing.deadline:
+            return playing.deadline - now
+        return self._show_due(playing, now)
+
+    def _show_due(self, playing: _Playing, now: float) -> float | None:
+        frames = playing.frames
+        if playing.deadline and now - playing.deadline > frames.durations[playing.index] / 1000:
+            self._skip_ahead(playing, now)
+        if playing.deadline == 0.0:
+            playing.deadline = now
+            playing.started = now
+        self._show(frames, playing.index)
+        if frames.count == 1:
+            return self._still_shown(playing, now)
+        playing.deadline += frames.durations[playing.index] / 1000
+        playing.index += 1
+        if playing.index >= frames.count:
+            playing.index = 0
+            playing.loops += 1
+            if self._animation_over(playing, now):
+                self._advance(+1, auto=True)
+                return 0.0
+        return max(0.0, playing.deadline - self.clock())
+
+    def _skip_ahead(self, playing: _Playing, now: float) -> None:
+        frames = playing.frames
+        while playing.deadline + frames.durations[playing.index] / 1000 < now:
+            playing.deadline += frames.durations[playing.index] / 1000
+            playing.index = (playing.index + 1) % frames.count
+            self.late_frames += 1
+
+    def _still_shown(self, playing: _Playing, now: float) -> float | None:
+        seconds = playing.item.get("duration_sec") or self.cfg.media.static_image_duration_sec
+        if playing.deadline == now and playing.started == now and playing.loops == 0:
+            playing.deadline = now + seconds
+            playing.loops = 1
+            if self._nothing_to_advance_to():
+                return None  # a lone still costs no CPU: wait for a command
+            return seconds
+        self._advance(+1, auto=True)
+        return 0.0
+
+    def _animation_over(self, playing: _Playing, now: float) -> bool:
+        if self.mode == "one" and len(self.store.view.loop) <= 1:
+            return False
+        seconds = playing.item.get("duration_sec") or self.cfg.media.item_duration_sec
+        if seconds:
+            return now - playing.started >= seconds
+        return playing.loops >= (playing.item.get("loop_count") or self.cfg.media.loop_count)
+
+    def _nothing_to_advance_to(self) -> bool:
+        return self.mode == "one" or len(self._playable()) <= 1
+
+    def _playable(self) -> list[str]:
+        return [i for i in self.store.view.loop if i not in self.quarantined]
+
+    def _advance(self, step: int, auto: bool = False) -> None:
+        ids = self._playable()
+        if not ids:
+            self._start_item(None)
+            return
+        current = self._now.item["id"] if self._now and self._now.item else None
+        if auto and self.mode == "one" and current in ids:
+            self._start_item(current)
+            return
+        if self.mode == "shuffle" and len(ids) > 1:
+            choices = [i for i in ids if i != current]
+            self._start_item(self.rng.choice(choices))
+            return
+        position = ids.index(current) if current in ids else -1
+        self._start_item(ids[(position + step) % len(ids)])
+
+    def _start_item(self, item_id: str | None) -> None:
+        playing = self._now
+        if playing is not None and playing.item and playing.item["id"] == item_id:
+            # the same item again (a lone item, mode one): restart it without a state change
+            playing.index, playing.loops, playing.deadline = 0, 0, 0.0
+            return
+        self._close_current()
+        item = self.store.view.get(item_id) if item_id else None
+        if item is None:
+            self._now = None
+            self._show_hint()
+            self._changed()
+            return
+        try:
+            frames = FrameFile(self.store.frames_path(item["id"]))
+        except (OSError, FrameFileError) as exc:
+            log.error("item %s cannot play and is quarantined: %s", item["id"], exc)
+            self.quarantined = self.quarantined | {item["id"]}
+            self._now = None
+            self._changed()
+            if self._playable():
+                self._advance(+1)
+            return
+        self._now = _Playing(item, frames)
+        self.store.update_settings(current=item["id"])
+        self._changed()
+
+    def _library_changed(self, view) -> None:
+        current = self._now.item["id"] if self._now and self._now.item else None
+        if current and view.get(current) is None:
+            self._advance(+1)  # the item was deleted: move on
+        elif current is None:
+            wanted = self.store.settings.get("current")
+            ids = self._playable()
+            self._start_item(wanted if wanted in ids else (ids[0] if ids else None))
+        elif view.get(current) != self._now.item:
+            self._now.item = view.get(current)  # renamed or new per-item timings
+            self._changed()
+
+    def _close_current(self) -> None:
+        if self._now is not None:
+            self._now.frames.close()
+
+    # ---- output ------------------------------------------------------------------------
+    def _show(self, frames, index: int) -> None:
+        self.preview = (frames, index)
+        self.frame_index = index
+        self.frames_shown += 1
+        if self.brightness > 0:
+            self._call_driver(self.driver.show, frames.frame(index))
+
+    def _call_driver(self, fn, *args) -> bool:
+        ok = self.breaker.call(fn, *args) if self.breaker else _plain_call(fn, *args)
+        if not ok:
+            self.driver_failures += 1
+        return ok
+
+    def _apply_brightness(self) -> None:
+        self._call_driver(self.driver.set_brightness, self.brightness)
+
+    def _show_screen(self, lines) -> None:
+        image = media.text_screen(lines, self.driver.width, self.driver.height)
+        self._show(Screen(image, self.driver.pixel_format), 0)
+
+    def _show_hint(self) -> None:
+        self._show_screen(["No media yet"] + self.hint_lines)
+
+    # ---- status ------------------------------------------------------------------------
+    def _changed(self) -> None:
+        self._version += 1
+        self.status = self._make_status()
+
+    def _make_status(self) -> PlayerStatus:
+        playing = self._now
+        item = playing.item if playing else None
+        loop = self.store.view.loop
+        item_id = item["id"] if item else None
+        state = "idle" if item is None else ("paused" if self.paused else "playing")
+        return PlayerStatus(
+            state=state, item=item_id, name=item.get("name") if item else None,
+            frames=playing.frames.count if playing else 0,
+            position=loop.index(item_id) if item_id in loop else -1,
+            length=len(loop), mode=self.mode, brightness=self.brightness,
+            version=self._version)
+
+
+def _plain_call(fn, *args) -> bool:
+    try:
+        fn(*args)
+        return True
+    except Exception:
+        log.exception("driver call failed")
+        return False

@@ -1,0 +1,397 @@
+"""The media library on disk and `index.json`, the commit point.
+
+An item exists if and only if the index lists it. Commit: build the item in `tmp/`, fsync,
+rename into `media/`, fsync `media/`, then write the index. Delete: rename out into `tmp/`,
+write the index, then remove the files. Start-up recovery makes the directories agree with
+the index again (DESIGN.md, "Data directory").
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from loop import frames
+from loop.media import MediaError
+
+log = logging.getLogger("loop.store")
+
+ID_PATTERN = re.compile(r"\A[0-9a-f]{16}\Z")
+INDEX_VERSION = 1
+ITEM_FIELDS = ("id", "name", "kind", "width", "height", "frames", "duration_ms", "bytes",
+               "created_at", "loop_count", "duration_sec")
+MAX_NAME = 200
+
+
+def valid_id(text: str) -> bool:
+    """True for a well-formed item id (16 lowercase hex digits); nothing else reaches a path."""
+    return bool(ID_PATTERN.match(text or ""))
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Temp file in the same directory, flush, fsync, `os.replace`, fsync the directory.
+
+    Any failure (ENOSPC, a failed fsync) raises and leaves the old file in place; a failed
+    fsync is never retried, since the kernel may already have dropped the dirty pages.
+    """
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    data = json.dumps(obj, indent=1, sort_keys=True).encode()
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def storage_error(exc: OSError) -> MediaError:
+    """Map a write failure to the answer a client gets."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MediaError(507, "insufficient_storage", "the device's storage is full")
+    return MediaError(500, "internal", f"storage write failed: {os.strerror(exc.errno or 0)}")
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class LibraryView:
+    """Immutable picture of the library, replaced on every change; read without locks."""
+    items: tuple  # metas in library order
+    loop: tuple   # ids that play, in order
+    version: int
+
+    @property
+    def bytes(self) -> int:
+        return sum(item.get("bytes", 0) for item in self.items)
+
+    def get(self, item_id: str):
+        for item in self.items:
+            if item["id"] == item_id:
+                return item
+        return None
+
+
+class Store:
+    """The library: items, loop order and runtime settings, persisted in `index.json`."""
+
+    def __init__(self, data_dir: str, setting_defaults: dict):
+        self.data_dir = data_dir
+        self.media_dir = os.path.join(data_dir, "media")
+        self.tmp_dir = os.path.join(data_dir, "tmp")
+        self.index_path = os.path.join(data_dir, "index.json")
+        self._lock = threading.RLock()
+        self._items: dict[str, dict] = {}
+        self._loop: list[str] = []
+        self._settings: dict = dict(setting_defaults)
+        self._defaults = dict(setting_defaults)
+        self._settings_dirty = False
+        self.index_writes = 0
+        self.recovery: dict = {}
+        self.view = LibraryView((), (), 0)
+
+    # ---- paths -------------------------------------------------------------------------
+    def item_dir(self, item_id: str) -> str:
+        if not valid_id(item_id):
+            raise ValueError("invalid item id")
+        return os.path.join(self.media_dir, item_id)
+
+    def frames_path(self, item_id: str) -> str:
+        return os.path.join(self.item_dir(item_id), "frames.bin")
+
+    def thumb_path(self, item_id: str) -> str:
+        return os.path.join(self.item_dir(item_id), "thumb.png")
+
+    def original_path(self, item_id: str) -> str:
+        meta = self.view.get(item_id)
+        ext = (meta or {}).get("ext", "bin")
+        return os.path.join(self.item_dir(item_id), f"original.{ext}")
+
+    def new_temp_dir(self, prefix: str) -> str:
+        """A fresh directory under tmp/ for an upload or render in flight."""
+        path = os.path.join(self.tmp_dir, f"{prefix}-{uuid.uuid4().hex[:12]}")
+        os.mkdir(path)
+        return path
+
+    # ---- reading -----------------------------------------------------------------------
+    @property
+    def settings(self) -> dict:
+        return dict(self._settings)
+
+    # ---- writing -----------------------------------------------------------------------
+    def _index_doc(self) -> dict:
+        return {"version": INDEX_VERSION, "items": list(self._items.values()),
+                "loop": list(self._loop), "settings": self._settings}
+
+    def _write_index(self) -> None:
+        write_json_atomic(self.index_path, self._index_doc())
+        self.index_writes += 1
+        self._settings_dirty = False
+
+    def _publish(self) -> None:
+        self.view = LibraryView(tuple(dict(m) for m in self._items.values()),
+                                tuple(self._loop), self.view.version + 1)
+
+    def _transaction(self, change) -> None:
+        """Apply `change()` to the in-memory state, write the index, roll back on failure."""
+        saved = (dict(self._items), list(self._loop), dict(self._settings))
+        change()
+        try:
+            self._write_index()
+        except OSError as exc:
+            self._items, self._loop, self._settings = saved
+            raise storage_error(exc) from exc
+        self._publish()
+
+    def commit_item(self, staging: str, meta: dict) -> tuple[dict, bool]:
+        """Move a fully built item directory into the library; (item, created)."""
+        item_id = meta["id"]
+        with self._lock:
+            existing = self._items.get(item_id)
+            if existing is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+                return dict(existing), False
+            final = self.item_dir(item_id)
+            try:
+                write_json_atomic(os.path.join(staging, "meta.json"), meta)
+                if os.path.lexists(final):  # an unlisted leftover: not part of the library
+                    os.rename(final, os.path.join(self.tmp_dir, f"stale-{uuid.uuid4().hex}"))
+                os.rename(staging, final)
+                fsync_dir(self.media_dir)
+            except OSError as exc:
+                raise storage_error(exc) from exc
+
+            def change():
+                self._items[item_id] = meta
+                self._loop.append(item_id)
+            try:
+                self._transaction(change)
+            except MediaError:
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+            return dict(meta), True
+
+    def delete_item(self, item_id: str) -> None:
+        """Remove an item: out of media/ first, then the index, then the files."""
+        with self._lock:
+            if item_id not in self._items:
+                raise MediaError(404, "not_found", f"no item {item_id}")
+            graveyard = os.path.join(self.tmp_dir, f"deleted-{item_id}-{uuid.uuid4().hex[:8]}")
+            try:
+                os.rename(self.item_dir(item_id), graveyard)
+                fsync_dir(self.media_dir)
+            except OSError as exc:
+                raise storage_error(exc) from exc
+
+            def change():
+                del self._items[item_id]
+                self._loop = [i for i in self._loop if i != item_id]
+                if self._settings.get("current") == item_id:
+                    self._settings["current"] = None
+            try:
+                self._transaction(change)
+            except MediaError:
+                os.rename(graveyard, self.item_dir(item_id))
+                raise
+            shutil.rmtree(graveyard, ignore_errors=True)
+
+    def update_item(self, item_id: str, changes: dict) -> dict:
+        """Change an item's editable fields (already validated by the caller)."""
+        with self._lock:
+            if item_id not in self._items:
+                raise MediaError(404, "not_found", f"no item {item_id}")
+            meta = dict(self._items[item_id], **changes)
+
+            def change():
+                self._items[item_id] = meta
+            self._transaction(change)
+            try:
+                write_json_atomic(os.path.join(self.item_dir(item_id), "meta.json"), meta)
+            except OSError as exc:  # the index already holds the change; meta.json catches up
+                log.warning("meta.json of %s not updated: %s", item_id, exc)
+            return dict(meta)
+
+    def set_loop(self, ids: list[str]) -> None:
+        """Replace the loop order; every id must be in the library, none repeated."""
+        with self._lock:
+            unknown = [i for i in ids if i not in self._items]
+            if unknown:
+                raise MediaError(422, "validation_failed", f"unknown item {unknown[0]}")
+            if len(set(ids)) != len(ids):
+                raise MediaError(422, "validation_failed", "an item is listed twice")
+
+            def change():
+                self._loop = list(ids)
+            self._transaction(change)
+
+    def update_settings(self, durable: bool = False, **changes) -> None:
+        """Change runtime settings; written at once when `durable`, else by `flush()`."""
+        with self._lock:
+            if all(self._settings.get(k) == v for k, v in changes.items()):
+                return
+            if durable:
+                self._transaction(lambda: self._settings.update(changes))
+                return
+            self._settings.update(changes)
+            self._settings_dirty = True
+            self._publish()
+
+    def flush(self) -> bool:
+        """Write debounced setting changes; True when something was written."""
+        with self._lock:
+            if not self._settings_dirty:
+                return False
+            try:
+                self._write_index()
+            except OSError as exc:
+                log.error("settings not saved: %s", exc)
+                return False
+            return True
+
+    # ---- start-up recovery -------------------------------------------------------------
+    def open(self) -> dict:
+        """Recover the data directory and load the library; returns what recovery did."""
+        report = {"tmp_removed": 0, "orphans_removed": 0, "dropped": [], "rebuilt": False,
+                  "bad_index_kept": None}
+        with self._lock:
+            os.makedirs(self.media_dir, exist_ok=True)
+            os.makedirs(self.tmp_dir, exist_ok=True)
+            report["tmp_removed"] = _empty_dir(self.tmp_dir)
+            doc, needs_write = self._load_index(report)
+            self._items = {m["id"]: m for m in doc["items"]}
+            self._loop = [i for i in doc["loop"] if i in self._items]
+            self._settings = dict(self._defaults, **doc.get("settings", {}))
+            for item_id in list(self._items):
+                reason = self._check_item(item_id)
+                if reason:
+                    report["dropped"].append({"id": item_id, "reason": reason})
+                    del self._items[item_id]
+                    needs_write = True
+            self._loop = [i for i in self._loop if i in self._items]
+            report["orphans_removed"] = self._remove_orphans()
+            if needs_write:
+                self._write_index()
+            self._publish()
+        self.recovery = report
+        if report["tmp_removed"] or report["orphans_removed"] or report["dropped"] \
+                or report["rebuilt"]:
+            log.warning("recovery: %s", report)
+        return report
+
+    def _load_index(self, report: dict) -> tuple[dict, bool]:
+        try:
+            with open(self.index_path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+            _check_index(doc)
+            return doc, False
+        except FileNotFoundError:
+            if not any(valid_id(n) for n in os.listdir(self.media_dir)):
+                return {"items": [], "loop": [], "settings": {}}, True
+            log.error("index.json is missing; rebuilding it from meta.json files")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            kept = f"{self.index_path}.bad-{int(time.time())}"
+            try:
+                os.replace(self.index_path, kept)
+                report["bad_index_kept"] = kept
+            except OSError:
+                pass
+            log.error("index.json is unreadable (%s); rebuilding it, bad copy kept at %s",
+                      exc, kept)
+        report["rebuilt"] = True
+        return self._rebuild_from_meta(), True
+
+    def _rebuild_from_meta(self) -> dict:
+        items = []
+        for name in sorted(os.listdir(self.media_dir)):
+            if not valid_id(name):
+                continue
+            try:
+                with open(os.path.join(self.media_dir, name, "meta.json"),
+                          encoding="utf-8") as fh:
+                    meta = json.load(fh)
+                if meta.get("id") == name:
+                    items.append(meta)
+            except (OSError, ValueError):
+                continue
+        items.sort(key=lambda m: m.get("created_at", ""))
+        return {"items": items, "loop": [m["id"] for m in items], "settings": {}}
+
+    def _check_item(self, item_id: str) -> str | None:
+        if not valid_id(item_id):
+            return "invalid id"
+        directory = os.path.join(self.media_dir, item_id)
+        if not os.path.isdir(directory):
+            return "directory missing"
+        try:
+            frames.validate(os.path.join(directory, "frames.bin"))
+        except (OSError, frames.FrameFileError) as exc:
+            return f"frame file: {exc}"
+        if not os.path.exists(self.original_path_for(self._items[item_id])):
+            return "original missing"
+        return None
+
+    def original_path_for(self, meta: dict) -> str:
+        return os.path.join(self.media_dir, meta["id"], f"original.{meta.get('ext', 'bin')}")
+
+    def _remove_orphans(self) -> int:
+        removed = 0
+        for name in os.listdir(self.media_dir):
+            if name not in self._items:
+                _remove(os.path.join(self.media_dir, name))
+                removed += 1
+        if removed:
+            fsync_dir(self.media_dir)
+        return removed
+
+
+def _check_index(doc) -> None:
+    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list) \
+            or not isinstance(doc.get("loop"), list):
+        raise ValueError("index.json has the wrong shape")
+    for meta in doc["items"]:
+        if not isinstance(meta, dict) or not valid_id(meta.get("id")):
+            raise ValueError("index.json lists a malformed item")
+    if not isinstance(doc.get("settings", {}), dict):
+        raise ValueError("index.json settings are not an object")
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _empty_dir(path: str) -> int:
+    names = os.listdir(path)
+    for name in names:
+        _remove(os.path.join(path, name))
+    return len(names)

@@ -1,0 +1,318 @@
+"""Streaming upload intake: raw body or multipart into temp files, hashed on the way in,
+then decoded, rendered and committed one file after another, each as a progress job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import multipart
+
+from loop import media
+from loop.frames import FrameFile
+from loop.media import MediaError
+from loop.store import MAX_NAME, Store, now_iso, storage_error
+
+log = logging.getLogger("loop.uploads")
+
+CHUNK = 64 * 1024
+UPLOAD_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+STAGES = ("receiving", "decoding", "rendering", "done", "failed")
+
+
+def clean_name(name: str | None, fallback: str = "upload") -> str:
+    """A display name from a client-supplied file name: no path, no control characters."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    return name[:MAX_NAME] or fallback
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    stage: str = "receiving"
+    progress: float = 0.0
+    item: str | None = None
+    error: str | None = None
+    updated_at: str = field(default_factory=now_iso)
+    finished: float | None = None  # monotonic time it reached done/failed
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "name": self.name, "stage": self.stage,
+                "progress": round(self.progress, 3), "item": self.item, "error": self.error,
+                "updated_at": self.updated_at}
+
+
+class Jobs:
+    """Upload and render jobs shown in /api/poll/progress; finished ones expire."""
+
+    def __init__(self, keep_sec: float, clock=time.monotonic):
+        self.keep_sec = keep_sec
+        self._clock = clock
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self.version = 0
+        self.outcomes = {"done": 0, "failed": 0}
+
+    def create(self, name: str, job_id: str | None = None) -> Job:
+        with self._lock:
+            if not job_id or job_id in self._jobs:
+                job_id = (job_id + "-" if job_id else "") + uuid.uuid4().hex[:8]
+            job = Job(job_id, name)
+            self._jobs[job_id] = job
+            self.version += 1
+            return job
+
+    def update(self, job: Job, stage: str | None = None, progress: float | None = None,
+               item: str | None = None, error: str | None = None) -> None:
+        with self._lock:
+            if stage and stage != job.stage:
+                job.stage = stage
+                self.version += 1
+                if stage in ("done", "failed"):
+                    job.finished = self._clock()
+                    self.outcomes[stage] += 1
+            if progress is not None:
+                job.progress = max(0.0, min(1.0, progress))
+            if item is not None:
+                job.item = item
+            if error is not None:
+                job.error = error
+            job.updated_at = now_iso()
+
+    def list(self) -> list[dict]:
+        with self._lock:
+            return [job.as_dict() for job in self._jobs.values()]
+
+    @property
+    def active(self) -> int:
+        return sum(1 for job in list(self._jobs.values()) if job.finished is None)
+
+    def expire(self) -> int:
+        """Forget finished jobs older than `keep_sec`; returns how many."""
+        cutoff = self._clock() - self.keep_sec
+        with self._lock:
+            old = [k for k, j in self._jobs.items() if j.finished and j.finished < cutoff]
+            for key in old:
+                del self._jobs[key]
+            if old:
+                self.version += 1
+        return len(old)
+
+
+@dataclass
+class Received:
+    """One file of a request, on disk in tmp/, with its hash."""
+    name: str
+    path: str
+    size: int
+    sha256: str
+    job: Job
+
+
+class Intake:
+    """Turns request bodies into library items."""
+
+    def __init__(self, store: Store, jobs: Jobs, cfg, target, slots: threading.Semaphore):
+        self.store, self.jobs, self.cfg = store, jobs, cfg
+        self.target = target  # callable -> media.Target for the current panel and fit
+        self.slots = slots
+
+    # ---- admission (before a byte of the body is read) ---------------------------------
+    def check_disk(self, length: int) -> None:
+        """507 when storing `length` more bytes would cross the free-disk floor."""
+        st = os.statvfs(self.store.data_dir)
+        total = st.f_blocks * st.f_frsize
+        free = st.f_bavail * st.f_frsize - 2 * length  # original + frames, roughly
+        if total and free * 100 / total < self.cfg.system.min_free_disk_percent:
+            raise MediaError(507, "insufficient_storage", "not enough free storage for this "
+                             f"upload (keeping {self.cfg.system.min_free_disk_percent:g} % free)")
+
+    # ---- receiving ---------------------------------------------------------------------
+    def receive_raw(self, read, length: int, name: str | None,
+                    upload_id: str | None) -> list[Received]:
+        """A raw body (`curl --data-binary`) as one file."""
+        job = self.jobs.create(clean_name(name), upload_id)
+        directory = self.store.new_temp_dir("up")
+        sink = _Sink(directory, job, self.jobs, length)
+        try:
+            remaining = length
+            while remaining > 0:
+                chunk = read(min(CHUNK, remaining))
+                if not chunk:
+                    raise MediaError(400, "bad_request", "the body ended early")
+                sink.write(chunk)
+                remaining -= len(chunk)
+            return [sink.close(clean_name(name))]
+        except BaseException as exc:
+            self._fail(job, exc)
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    def receive_multipart(self, read, length: int, boundary: str,
+                          upload_id: str | None) -> list[Received]:
+        """Every `file` field of a multipart body, streamed with the push parser."""
+        directory = self.store.new_temp_dir("up")
+        files: list[Received] = []
+        sink = None
+        try:
+            parser = multipart.PushMultipartParser(boundary, length, max_segment_count=64,
+                                                   strict=True)
+            remaining = length
+            with parser:
+                while not parser.closed:
+                    chunk = read(min(CHUNK, remaining)) if remaining > 0 else b""
+                    if remaining > 0 and not chunk:
+                        raise MediaError(400, "bad_request", "the body ended early")
+                    remaining -= len(chunk)
+                    for event in parser.parse(chunk):
+                        if isinstance(event, multipart.MultipartSegment):
+                            if event.name == "file" and event.filename is not None:
+                                job = self.jobs.create(clean_name(event.filename),
+                                                       upload_id if not files else None)
+                                sink = _Sink(directory, job, self.jobs, length)
+                        elif event is None:
+                            if sink is not None:
+                                files.append(sink.close(sink.job.name))
+                            sink = None
+                        elif sink is not None:
+                            sink.write(event)
+                    if not chunk:
+                        break
+        except multipart.MultipartError as exc:
+            self._abandon(files, sink, directory)
+            raise MediaError(400, "bad_request", f"malformed multipart body: {exc}") from None
+        except BaseException as exc:
+            self._abandon(files, sink, directory, exc)
+            raise
+        if not files:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise MediaError(400, "bad_request", "no file field named 'file' in the form")
+        return files
+
+    def _abandon(self, files, sink, directory, exc=None) -> None:
+        for job in [f.job for f in files] + ([sink.job] if sink else []):
+            self._fail(job, exc or MediaError(400, "bad_request", "upload aborted"))
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        message = exc.message if isinstance(exc, MediaError) else "upload aborted"
+        self.jobs.update(job, stage="failed", error=message)
+
+    # ---- processing --------------------------------------------------------------------
+    def process_all(self, files: list[Received]) -> tuple[int, list[dict]]:
+        """Decode and commit each received file in turn; (HTTP status, results)."""
+        results = []
+        try:
+            for received in files:
+                results.append(self.process(received))
+        finally:
+            for received in files:
+                shutil.rmtree(os.path.dirname(received.path), ignore_errors=True)
+        statuses = [r["status"] for r in results]
+        if 201 in statuses:
+            return 201, results
+        if all(s == 200 for s in statuses):
+            return 200, results
+        return next(s for s in statuses if s >= 400), results
+
+    def process(self, received: Received) -> dict:
+        """One file: duplicate check, render into a staging dir, commit."""
+        job = received.job
+        result = {"name": received.name, "status": 0, "item": None, "error": None,
+                  "code": None, "job": job.id}
+        item_id = received.sha256[:16]
+        try:
+            if received.size == 0:
+                raise MediaError(422, "invalid_media", f"{received.name} is empty")
+            existing = self.store.view.get(item_id)
+            if existing is None:
+                meta = self._build(received, item_id)
+                item, created = self.store.commit_item(meta.pop("_staging"), meta)
+            else:
+                item, created = existing, False
+        except MediaError as exc:
+            self.jobs.update(job, stage="failed", error=exc.message)
+            result.update(status=exc.status, error=exc.message, code=exc.code)
+            return result
+        self.jobs.update(job, stage="done", progress=1.0, item=item_id)
+        result.update(status=201 if created else 200, item=item)
+        return result
+
+    def _build(self, received: Received, item_id: str) -> dict:
+        job = received.job
+        self.jobs.update(job, stage="decoding", progress=0.0)
+        staging = self.store.new_temp_dir("item")
+        try:
+            target = self.target()
+            deadline = time.monotonic() + self.cfg.media.decode_timeout_sec
+            ext = media.detect_extension(received.path)
+            frames_path = os.path.join(staging, "frames.bin")
+
+            def progress(fraction):
+                self.jobs.update(job, stage="rendering", progress=fraction)
+            try:
+                rendered = media.render(received.path, frames_path, target, self.cfg.media,
+                                        progress=progress, deadline=deadline)
+                frame_file = FrameFile(frames_path)
+                media.write_thumb(frame_file.frame(0), target,
+                                  os.path.join(staging, "thumb.png"))
+                frame_file.close()
+                os.rename(received.path, os.path.join(staging, f"original.{ext}"))
+            except OSError as exc:
+                raise storage_error(exc) from exc
+            meta = {
+                "id": item_id, "name": received.name, "kind": rendered.kind,
+                "format": rendered.format.lower(), "ext": ext,
+                "width": rendered.width, "height": rendered.height,
+                "frames": rendered.frames, "duration_ms": rendered.duration_ms,
+                "bytes": received.size, "sha256": received.sha256,
+                "created_at": now_iso(), "loop_count": None, "duration_sec": None,
+                "notes": rendered.notes,
+                "render": {"width": target.width, "height": target.height,
+                           "pixel_format": target.pixel_format, "fit": target.fit},
+                "_staging": staging,
+            }
+            return meta
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+class _Sink:
+    """Writes one file of an upload into tmp/, hashing as it goes."""
+
+    def __init__(self, directory: str, job: Job, jobs: Jobs, expected: int):
+        self.path = os.path.join(directory, uuid.uuid4().hex)
+        self.job, self.jobs, self.expected = job, jobs, max(1, expected)
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self._fh = open(self.path, "xb")
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self._fh.write(chunk)
+        except OSError as exc:
+            raise storage_error(exc) from exc
+        self.hash.update(chunk)
+        self.size += len(chunk)
+        self.jobs.update(self.job, progress=self.size / self.expected)
+
+    def close(self, name: str) -> Received:
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise storage_error(exc) from exc
+        finally:
+            self._fh.close()
+        return Received(name, self.path, self.size, self.hash.hexdigest(), self.job)
