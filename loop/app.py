@@ -70,8 +70,10 @@ class App:
         """Bring the service up in the design's order; raises on a fatal start-up error."""
         os.makedirs(self.cfg.system.data_dir, exist_ok=True)
         self.server = server.bind(self.cfg.web.host, self.cfg.web.port, self.cfg.web, self.api)
+        self._set_service_groups()
         self.driver, self.display_reason = display.open_driver(
-            self.cfg.display, self.cfg.system.data_dir, module=self._module)
+            self.cfg.display, self.cfg.system.data_dir, module=self._module,
+            user=self._service_user())
         if self.display_reason:
             log.warning("display: %s", self.display_reason)
         self._drop_privileges()
@@ -161,6 +163,22 @@ class App:
         if needs_restart:
             log.warning("these keys need a restart to take effect: %s", ", ".join(needs_restart))
         self.notifier.ready()
+
+    def _service_user(self) -> str | None:
+        """The user to drop to, when started as root and that user exists."""
+        if os.geteuid() != 0 or not self.cfg.display.drop_privileges:
+            return None
+        try:
+            pwd.getpwnam(self.cfg.system.user)
+        except KeyError:
+            return None
+        return self.cfg.system.user
+
+    def _set_service_groups(self) -> None:
+        # The LED library drops only uid/gid; root's supplementary groups would survive it.
+        user = self._service_user()
+        if user:
+            os.setgroups(os.getgrouplist(user, pwd.getpwnam(user).pw_gid))
 
     def _drop_privileges(self) -> None:
         """Started as root: become system.user once the hardware is open."""

@@ -119,7 +119,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "loop_count": Key(3, int, "times an animation plays before the next item", 1, 10000),
         "item_duration_sec": Key(0.0, float, "if > 0, play each animation this long instead "
                                  "of loop_count times", 0, 86400),
-        "static_image_duration_sec": Key(10.0, float, "how long a still shows", 0.1, 86400),
+        "static_image_duration_sec": Key(10.0, float, "how long a still shows", 0.01, 86400),
         "max_restore_mb": Key(1024.0, float, "largest backup accepted by restore", 0.001,
                               65536),
     },

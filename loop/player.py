@@ -227,14 +227,13 @@ class Player(threading.Thread):
 
     def _show_due(self, playing: _Playing, now: float) -> float | None:
         frames = playing.frames
+        if frames.count == 1:
+            return self._show_still(playing, now)
         if playing.deadline and now - playing.deadline > frames.durations[playing.index] / 1000:
             self._skip_ahead(playing, now)
         if playing.deadline == 0.0:
-            playing.deadline = now
-            playing.started = now
+            playing.deadline = playing.started = now
         self._show(frames, playing.index)
-        if frames.count == 1:
-            return self._still_shown(playing, now)
         playing.deadline += frames.durations[playing.index] / 1000
         playing.index += 1
         if playing.index >= frames.count:
@@ -252,16 +251,16 @@ class Player(threading.Thread):
             playing.index = (playing.index + 1) % frames.count
             self.late_frames += 1
 
-    def _still_shown(self, playing: _Playing, now: float) -> float | None:
+    def _show_still(self, playing: _Playing, now: float) -> float | None:
+        if playing.loops:  # its time is up
+            self._advance(+1, auto=True)
+            return 0.0
+        self._show(playing.frames, 0)
         seconds = playing.item.get("duration_sec") or self.cfg.media.static_image_duration_sec
-        if playing.deadline == now and playing.started == now and playing.loops == 0:
-            playing.deadline = now + seconds
-            playing.loops = 1
-            if self._nothing_to_advance_to():
-                return None  # a lone still costs no CPU: wait for a command
-            return seconds
-        self._advance(+1, auto=True)
-        return 0.0
+        playing.started, playing.deadline, playing.loops = now, now + seconds, 1
+        if self._nothing_to_advance_to():
+            return None  # a lone still costs no CPU: wait for a command
+        return seconds
 
     def _animation_over(self, playing: _Playing, now: float) -> bool:
         if self.mode == "one" and len(self.store.view.loop) <= 1:

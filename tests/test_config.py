@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from loop import config
 
 
@@ -99,3 +99,11 @@ def test_replace_validates():
     assert cfg.replace(**{"web.port": 8080}).web.port == 8080
     with pytest.raises(config.ConfigError):
         cfg.replace(**{"web.port": -5})
+
+
+def test_readme_documents_every_key():
+    with open(f"{ROOT}/README.md") as fh:
+        readme = fh.read()
+    missing = [f"{s}.{k}" for s, keys in config.SCHEMA.items() for k in keys
+               if f"`{s}.{k}`" not in readme]
+    assert missing == []
