@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from loop import media
+from loop import media, screens
 from loop.frames import FrameFile, FrameFileError
 
 log = logging.getLogger("loop.player")
@@ -193,6 +193,11 @@ class Player(threading.Thread):
         self._apply_brightness()
         self._changed()
 
+    def _cmd_reset_breaker(self):
+        self.breaker.reset()
+        self._apply_brightness()
+        self._changed()
+
     def _cmd_screen(self, lines, seconds):
         self._screen_until = self.clock() + seconds
         self._show_screen(lines)
@@ -353,7 +358,7 @@ class Player(threading.Thread):
         self._call_driver(self.driver.set_brightness, self.brightness)
 
     def _show_screen(self, lines) -> None:
-        image = media.text_screen(lines, self.driver.width, self.driver.height)
+        image = screens.render(lines, self.driver.width, self.driver.height)
         self._show(Screen(image, self.driver.pixel_format), 0)
 
     def _show_hint(self) -> None:
