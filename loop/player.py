@@ -69,6 +69,7 @@ class _Playing:
     loops: int = 0
     started: float = 0.0
     deadline: float = 0.0
+    ended: bool = False  # played its loops; what comes next is due at `deadline`
 
 
 class Player(threading.Thread):
@@ -81,7 +82,9 @@ class Player(threading.Thread):
         self.hint_lines = list(hint_lines)
         self.clock = clock
         self.rng = rng or random.Random()
-        self.commands: queue.Queue = queue.Queue()
+        # SimpleQueue: its timed get() is one C-level wait, where Queue's runs Python code and
+        # often a second wait; this wait is the display thread's sleep between frames.
+        self.commands: queue.SimpleQueue = queue.SimpleQueue()
         settings = store.settings
         self.mode = settings.get("mode", "all")
         self.brightness = int(settings.get("brightness", cfg.display.brightness))
@@ -234,6 +237,9 @@ class Player(threading.Thread):
         frames = playing.frames
         if frames.count == 1:
             return self._show_still(playing, now)
+        if playing.ended:  # the last frame has had its full time: on to the next item
+            self._advance(+1, auto=True)
+            return 0.0
         if playing.deadline and now - playing.deadline > frames.durations[playing.index] / 1000:
             self._skip_ahead(playing, now)
         if playing.deadline == 0.0:
@@ -244,9 +250,7 @@ class Player(threading.Thread):
         if playing.index >= frames.count:
             playing.index = 0
             playing.loops += 1
-            if self._animation_over(playing, now):
-                self._advance(+1, auto=True)
-                return 0.0
+            playing.ended = self._animation_over(playing, now)
         return max(0.0, playing.deadline - self.clock())
 
     def _skip_ahead(self, playing: _Playing, now: float) -> None:
@@ -300,8 +304,13 @@ class Player(threading.Thread):
     def _start_item(self, item_id: str | None) -> None:
         playing = self._now
         if playing is not None and playing.item and playing.item["id"] == item_id:
-            # the same item again (a lone item, mode one): restart it without a state change
-            playing.index, playing.loops, playing.deadline = 0, 0, 0.0
+            # the same item again (a lone item, mode one): restart it without a state change;
+            # after its loops ended it goes on on schedule (no drift), else it restarts now
+            playing.index, playing.loops = 0, 0
+            if playing.ended:
+                playing.started, playing.ended = playing.deadline, False
+            else:
+                playing.deadline = 0.0
             return
         self._close_current()
         item = self.store.view.get(item_id) if item_id else None

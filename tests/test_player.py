@@ -107,6 +107,30 @@ def test_late_frame_skips_ahead_instead_of_piling_up(rig):
     assert intervals(driver.shows[1:6]) and max(intervals(driver.shows[2:6])) < 100
 
 
+def test_lone_animation_restarts_on_schedule(rig):
+    # mode "all" with one item restarts it after every loop_count loops; its last frame keeps
+    # its full time and the schedule does not jump (it used to show frame 0 at once)
+    store, driver, player = rig(**{"media.loop_count": 1})
+    add_item(store, 1, [100, 200, 300])
+    player.start()
+    wait_for(lambda: len(driver.shows) >= 7, timeout=10)
+    shows = driver.shows[:7]
+    assert [tag for _, tag in shows] == [10, 11, 12, 10, 11, 12, 10]
+    for got, want in zip(intervals(shows), [100, 200, 300, 100, 200, 300]):
+        assert abs(got - want) < 60, intervals(shows)
+    assert abs((shows[6][0] - shows[0][0]) * 1000 - 1200) < 60
+
+
+def test_last_frame_keeps_its_time_before_the_next_item(rig):
+    store, driver, player = rig(**{"media.loop_count": 1})
+    add_item(store, 1, [30, 250])
+    add_item(store, 2, [30, 30])
+    player.start()
+    wait_for(lambda: len(driver.shows) >= 3, timeout=10)
+    assert [tag for _, tag in driver.shows[:3]] == [10, 11, 20]
+    assert abs(intervals(driver.shows[:3])[1] - 250) < 60, intervals(driver.shows[:3])
+
+
 def test_animation_plays_loop_count_times_then_next(rig):
     store, driver, player = rig(**{"media.loop_count": 2})
     add_item(store, 1, [30, 30])
