@@ -34,6 +34,7 @@ EXTENSIONS = {"GIF": "gif", "PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": 
 THUMB_MAX = (160, 160)
 # Upscaling by this factor or more, or from a source this small, is pixel art: keep it crisp.
 PIXEL_ART_MAX_SIDE = 128
+EXIF_ORIENTATION = 0x0112
 
 # A decompression-bomb warning is an error here; the real limit is checked from the header.
 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -171,6 +172,25 @@ def render_image(path: str, frames_path: str, target: Target, media_cfg, *,
         img.close()
 
 
+def upright_still(img: Image.Image, target: Target) -> tuple[Image.Image, tuple[int, int]]:
+    """A still made ready to fit, and the source's upright size.
+
+    Phone photos are turned upright from their EXIF orientation (no copy when there is
+    nothing to turn). A JPEG is decoded at libjpeg's reduced DCT scale (1/2, 1/4 or 1/8):
+    the smallest one still at least twice the panel and above the pixel-art size, so a
+    4000x3000 photo costs ~0.6 MB and a third of the time instead of 36 MB (make bench).
+    """
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    width, height = img.size
+    size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    if img.format == "JPEG":
+        side = 2 * max(target.width, target.height, PIXEL_ART_MAX_SIDE)
+        img.draft("RGB", (side, side))
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img)
+    return img, size
+
+
 def _frame_plan(n_frames: int, frame_size: int, media_cfg) -> tuple[int, int]:
     """(stride, keep): keep every stride-th frame, at most `keep` frames, within the budget.
 
@@ -193,8 +213,7 @@ def _render_frames(img, frames_path, target, media_cfg, progress, deadline) -> R
     animated = n_frames > 1
     source_size = img.size
     if not animated:
-        img = ImageOps.exif_transpose(img)  # phone photos stand upright
-        source_size = img.size
+        img, source_size = upright_still(img, target)
     frame_size = target.width * target.height * PIXEL_FORMATS[target.pixel_format][1]
     stride, keep = _frame_plan(n_frames, frame_size, media_cfg)
     max_ms = media_cfg.max_duration_sec * 1000
