@@ -1,0 +1,1 @@
+"""`make bench`: LOOP's timing and memory numbers (see docs/bench.md)."""
