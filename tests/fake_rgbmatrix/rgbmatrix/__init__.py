@@ -25,12 +25,17 @@ stricter where a mistake would only show on a real panel:
 Knobs (on `state`, reset by `reset()`): `fail_init` (message: RGBMatrix() raises),
 `fail_after_swaps` (SwapOnVSync raises once that many swaps succeeded), `hang` (SwapOnVSync
 blocks until `release()`; `state.hanging` is set while it blocks), `slow_sec` (SwapOnVSync
-sleeps), `missing_options` (names the binding "does not have", like an older build).
+sleeps), `missing_options` (names the binding "does not have", like an older build),
+`hang_after_swaps` (SwapOnVSync hangs once that many swaps succeeded).
+
+For a subprocess, which no test code can reach: the environment variable
+`FAKE_RGBMATRIX_HANG_AFTER_SWAPS=N` sets `hang_after_swaps` (read at import and by `reset()`).
 """
 
 from __future__ import annotations
 
 import operator
+import os
 import threading
 import time
 
@@ -97,6 +102,8 @@ class _State:
         self.released = threading.Event()
         self.slow_sec = 0.0
         self.missing_options: set[str] = set()
+        hang_after = os.environ.get("FAKE_RGBMATRIX_HANG_AFTER_SWAPS", "")
+        self.hang_after_swaps: int | None = int(hang_after) if hang_after.strip() else None
 
 
 state = _State()
@@ -112,6 +119,7 @@ def reset() -> None:
 def release() -> None:
     """Let a call blocked by `state.hang` return."""
     state.hang = False
+    state.hang_after_swaps = None
     state.released.set()
 
 
@@ -251,6 +259,8 @@ class RGBMatrix:
             raise AssertionError("that canvas is already on the panel; swap the other one")
         if state.slow_sec:
             time.sleep(state.slow_sec)
+        if state.hang_after_swaps is not None and state.swaps >= state.hang_after_swaps:
+            state.hang = True
         if state.hang:
             state.hanging.set()
             if not state.released.wait(_HANG_LIMIT_SEC):
