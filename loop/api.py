@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import mimetypes
 import os
 import re
@@ -306,6 +307,7 @@ class Api:
                            f"media.max_upload_mb = {self.app.cfg.media.max_upload_mb:g} MB")
         if body.length == 0:
             raise ApiError(400, "bad_request", "the upload is empty")
+        self._check_memory()
         client_upload_id = upload_id(request)
         intake = self.app.intake
         if not intake.slots.acquire(blocking=False):
@@ -337,6 +339,16 @@ class Api:
                             "error": first["code"],
                             "data": {"results": results}})
         return Response(status, body)
+
+    def _check_memory(self) -> None:
+        """503 while the monitor says memory is over a line: a flag it sets, no system call."""
+        monitor = self.app.monitor
+        reason = monitor.shedding if monitor is not None else None
+        if reason:
+            monitor.shed_uploads += 1
+            retry = max(1, math.ceil(2 * self.app.cfg.system.monitor_interval_sec))
+            raise ApiError(503, "busy", f"the device is short of memory, so new uploads wait "
+                           f"until it recovers: {reason}", {"Retry-After": str(retry)})
 
     # ---- playback ----------------------------------------------------------------------
     def playback(self, request, action):
