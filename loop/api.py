@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import multipart
 
-from loop import __version__, media
+from loop import __version__, media, metrics
 from loop.config import FITS
 from loop.media import MediaError
 from loop.player import MODES
@@ -108,6 +108,8 @@ ROUTES = [
     _route("PUT", "/api/display", "put_display", "control", "change brightness or fit"),
     _route("GET", "/api/display/frame.png", "frame_png", "static",
            "what the panel shows now (?scale=)"),
+    _route("GET", "/metrics", "metrics", "poll",
+           "Prometheus text exposition of the health numbers"),
     _route("GET", "/{asset}", "asset", "static", "dashboard scripts and styles"),
 ]
 TRANSPORT = ("play", "pause", "toggle", "next", "previous")
@@ -122,6 +124,7 @@ class Api:
     # ---- dispatch ----------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
         """Answer one request; every failure becomes the envelope here."""
+        route = None
         try:
             route, params = self._match(request)
             response = getattr(self, route.handler)(request, **params)
@@ -131,6 +134,7 @@ class Api:
         except Exception:
             log.exception("bug while answering %s %s", request.method, request.path)
             response = envelope_error(500, "internal", "internal error")
+        response.route_class = route.rate if route is not None else "none"
         return response
 
     def _match(self, request: Request):
@@ -221,6 +225,11 @@ class Api:
 
     def health(self, request):
         return envelope(200, self.app.health())
+
+    def metrics(self, request):
+        text = metrics.render_app(self.app)
+        return Response(200, text.encode("utf-8"), metrics.CONTENT_TYPE,
+                        {"Cache-Control": "no-store"})
 
     # ---- library -----------------------------------------------------------------------
     def list_media(self, request):

@@ -83,6 +83,7 @@ class Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: dict = field(default_factory=dict)
+    route_class: str = "none"  # the route's rate class, set by the API; for /metrics
 
 
 class Counters:
@@ -95,9 +96,15 @@ class Counters:
         self.admitted = 0
         self.rejected_busy = 0
         self.by_status: dict[int, int] = {}
+        self.by_route: dict[tuple[str, int], int] = {}  # (route class, status) -> count
 
-    def count_status(self, status: int) -> None:
+    def count_status(self, status: int, route_class: str = "none") -> None:
         self.by_status[status] = self.by_status.get(status, 0) + 1
+        key = (route_class, status)
+        self.by_route[key] = self.by_route.get(key, 0) + 1
+
+    def by_route_items(self) -> list[tuple[tuple[str, int], int]]:
+        return list(self.by_route.items())
 
     def as_dict(self) -> dict:
         return {"connections_open": self.connections_open,
@@ -264,7 +271,7 @@ class LoopHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(response.body)
-        self.server.counters.count_status(response.status)
+        self.server.counters.count_status(response.status, response.route_class)
         self._status = response.status
 
     def _send_error(self, exc: HttpError) -> None:
@@ -289,7 +296,7 @@ class LoopHandler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.client_address[0], format % args)
 
     def _log_access(self, started: float) -> None:
-        if not self.server.web.access_log or self.path.startswith("/api/poll/"):
+        if not self.server.web.access_log or self.path.startswith(("/api/poll/", "/metrics")):
             return
         access_log.info("%s %s %s %s %.1fms", self.client_address[0], self.command,
                         self.path[:200], getattr(self, "_status", "-"),
