@@ -79,11 +79,13 @@ class App:
         """Bring the service up in the design's order; raises on a fatal start-up error."""
         os.makedirs(self.cfg.system.data_dir, exist_ok=True)
         self.server = server.bind(self.cfg.web.host, self.cfg.web.port, self.cfg.web, self.api)
+        self._set_service_groups()
         if self._driver is not None:
             self.driver, self.display_reason = self._driver, None
         else:
             self.driver, self.display_reason = display.open_driver(
-                self.cfg.display, self.cfg.system.data_dir, module=self._module)
+                self.cfg.display, self.cfg.system.data_dir, module=self._module,
+                user=self._service_user())
         if self.display_reason:
             log.warning("display: %s", self.display_reason)
         self._drop_privileges()
@@ -205,6 +207,22 @@ class App:
         if needs_restart:
             log.warning("these keys need a restart to take effect: %s", ", ".join(needs_restart))
 
+    def _service_user(self) -> str | None:
+        """The user to drop to, when started as root and that user exists."""
+        if os.geteuid() != 0 or not self.cfg.display.drop_privileges:
+            return None
+        try:
+            pwd.getpwnam(self.cfg.system.user)
+        except KeyError:
+            return None
+        return self.cfg.system.user
+
+    def _set_service_groups(self) -> None:
+        # The LED library drops only uid/gid; root's supplementary groups would survive it.
+        user = self._service_user()
+        if user:
+            os.setgroups(os.getgrouplist(user, pwd.getpwnam(user).pw_gid))
+
     def _drop_privileges(self) -> None:
         """Started as root: become system.user once the hardware is open."""
         if os.geteuid() != 0:
@@ -241,6 +259,20 @@ class App:
         port = self.server.port if self.server else self.cfg.web.port
         suffix = "" if port == 80 else f":{port}"
         return [f"{primary_ip()}{suffix}"]
+
+    def reset_display(self) -> bool:
+        """Operator reset: forget crash markers and breaker history; restart under systemd.
+
+        The hardware cannot be reopened after privileges are dropped, so a fresh panel init
+        needs a new process: exit status 75, which the unit restarts.
+        """
+        display.clear_crash_marker(self.cfg.system.data_dir)
+        self.player.command("reset_breaker")
+        under_systemd = self.notifier.enabled or "INVOCATION_ID" in self.environ
+        if under_systemd:
+            log.warning("display reset by operator: restarting the service")
+            self.request_stop(EXIT_RESTART)
+        return under_systemd
 
     def set_fit(self, fit: str) -> None:
         self.store.update_settings(durable=True, fit=fit)

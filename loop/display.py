@@ -246,7 +246,7 @@ class RGBMatrixDriver(Driver):
                 setattr(options, key, getattr(cfg, key))
             elif getattr(cfg, key):
                 logger.warning("this %s binding has no option %s; %s=%r is ignored",
-                            self.name, key, key, getattr(cfg, key))
+                               self.name, key, key, getattr(cfg, key))
         self._set_privilege_drop(options)
         return options
 
@@ -262,10 +262,10 @@ class RGBMatrixDriver(Driver):
             return
         if self.cfg.drop_privileges and self.user and not account:
             logger.warning("service user %r does not exist; the panel library keeps root",
-                        self.user)
+                           self.user)
         elif self.cfg.drop_privileges and account and not can_name:
-            logger.warning("this %s binding cannot drop to a named user; LOOP drops privileges "
-                        "itself", self.name)
+            logger.warning("this %s binding cannot drop to a named user; LOOP drops "
+                           "privileges itself", self.name)
         if hasattr(options, "drop_privileges"):
             options.drop_privileges = 0
         self.drops_privileges = False

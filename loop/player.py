@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from loop import media
+from loop import media, screens
 from loop.frames import FrameFile, FrameFileError
 
 log = logging.getLogger("loop.player")
@@ -193,6 +193,11 @@ class Player(threading.Thread):
         self._apply_brightness()
         self._changed()
 
+    def _cmd_reset_breaker(self):
+        self.breaker.reset()
+        self._apply_brightness()
+        self._changed()
+
     def _cmd_screen(self, lines, seconds):
         self._screen_until = self.clock() + seconds
         self._show_screen(lines)
@@ -227,14 +232,13 @@ class Player(threading.Thread):
 
     def _show_due(self, playing: _Playing, now: float) -> float | None:
         frames = playing.frames
+        if frames.count == 1:
+            return self._show_still(playing, now)
         if playing.deadline and now - playing.deadline > frames.durations[playing.index] / 1000:
             self._skip_ahead(playing, now)
         if playing.deadline == 0.0:
-            playing.deadline = now
-            playing.started = now
+            playing.deadline = playing.started = now
         self._show(frames, playing.index)
-        if frames.count == 1:
-            return self._still_shown(playing, now)
         playing.deadline += frames.durations[playing.index] / 1000
         playing.index += 1
         if playing.index >= frames.count:
@@ -252,16 +256,16 @@ class Player(threading.Thread):
             playing.index = (playing.index + 1) % frames.count
             self.late_frames += 1
 
-    def _still_shown(self, playing: _Playing, now: float) -> float | None:
+    def _show_still(self, playing: _Playing, now: float) -> float | None:
+        if playing.loops:  # its time is up
+            self._advance(+1, auto=True)
+            return 0.0
+        self._show(playing.frames, 0)
         seconds = playing.item.get("duration_sec") or self.cfg.media.static_image_duration_sec
-        if playing.deadline == now and playing.started == now and playing.loops == 0:
-            playing.deadline = now + seconds
-            playing.loops = 1
-            if self._nothing_to_advance_to():
-                return None  # a lone still costs no CPU: wait for a command
-            return seconds
-        self._advance(+1, auto=True)
-        return 0.0
+        playing.started, playing.deadline, playing.loops = now, now + seconds, 1
+        if self._nothing_to_advance_to():
+            return None  # a lone still costs no CPU: wait for a command
+        return seconds
 
     def _animation_over(self, playing: _Playing, now: float) -> bool:
         if self.mode == "one" and len(self.store.view.loop) <= 1:
@@ -318,6 +322,8 @@ class Player(threading.Thread):
             return
         self._now = _Playing(item, frames)
         self.store.update_settings(current=item["id"])
+        if self.paused:  # paused on a new item: show its first frame, not the old one
+            self._show(frames, 0)
         self._changed()
 
     def _library_changed(self, view) -> None:
@@ -333,8 +339,10 @@ class Player(threading.Thread):
             self._changed()
 
     def _close_current(self) -> None:
-        if self._now is not None:
-            self._now.frames.close()
+        # Dropping the reference is enough: the mapping is freed once the preview (which the
+        # API may be reading right now) lets go of it too. Closing it here would pull the
+        # frame out from under a request.
+        self._now = None
 
     # ---- output ------------------------------------------------------------------------
     def _show(self, frames, index: int) -> None:
@@ -354,7 +362,7 @@ class Player(threading.Thread):
         self._call_driver(self.driver.set_brightness, self.brightness)
 
     def _show_screen(self, lines) -> None:
-        image = media.text_screen(lines, self.driver.width, self.driver.height)
+        image = screens.render(lines, self.driver.width, self.driver.height)
         self._show(Screen(image, self.driver.pixel_format), 0)
 
     def _show_hint(self) -> None:

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from loop import config
 
 
@@ -99,3 +99,12 @@ def test_replace_validates():
     assert cfg.replace(**{"web.port": 8080}).web.port == 8080
     with pytest.raises(config.ConfigError):
         cfg.replace(**{"web.port": -5})
+
+
+def test_readme_configuration_tables_match_the_schema():
+    with open(f"{ROOT}/README.md") as fh:
+        readme = fh.read()
+    start = readme.index("-->\n", readme.index("<!-- config:begin")) + 4
+    end = readme.index("<!-- config:end -->")
+    assert readme[start:end] == config.markdown_reference(), \
+        "regenerate the README tables with: python3 -m loop.config"

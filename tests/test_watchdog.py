@@ -242,18 +242,19 @@ def test_a_hung_panel_silences_the_watchdog_of_the_real_process(tmp_path, servic
     SIGABRT then leaves every thread's stack (the driver call included) in the journal."""
     receiver = Receiver(str(tmp_path / "notify"))
     try:
+        control = tmp_path / "panel-control"  # the fake binding obeys this file's content
         cfg = write_config(tmp_path / "config.json", tmp_path / "data",
                            display={"driver": "rgbmatrix", "boot_screen_sec": 0},
                            system={"monitor_interval_sec": 0.1})
-        service = services(cfg, env=dict(
-            systemd_env(receiver), PYTHONPATH=FAKE_RGBMATRIX,
-            FAKE_RGBMATRIX_HANG_AFTER_SWAPS="1"))  # the hint screen swaps, the next hangs
+        service = services(cfg, env=dict(systemd_env(receiver), PYTHONPATH=FAKE_RGBMATRIX,
+                                          FAKE_RGBMATRIX_CONTROL=str(control)))
         receiver.wait_message(lambda m: m.startswith("READY=1"))
         wait_for(lambda: len(receiver.pings()) >= 5)
         display = service.client.get("/api/display").data
         assert display["driver"] == "rgbmatrix"
 
-        # a brightness change redraws the frame: SwapOnVSync never returns
+        control.write_text("hang")  # from now on SwapOnVSync never returns
+        # a brightness change redraws the frame: the display thread walks into the hang
         service.client.put("/api/display", json_body={"brightness": 50})
         stuck = receiver.wait_message(lambda m: m.startswith("STATUS=stuck"), timeout=10)
         assert "display" in stuck

@@ -25,11 +25,11 @@ stricter where a mistake would only show on a real panel:
 Knobs (on `state`, reset by `reset()`): `fail_init` (message: RGBMatrix() raises),
 `fail_after_swaps` (SwapOnVSync raises once that many swaps succeeded), `hang` (SwapOnVSync
 blocks until `release()`; `state.hanging` is set while it blocks), `slow_sec` (SwapOnVSync
-sleeps), `missing_options` (names the binding "does not have", like an older build),
-`hang_after_swaps` (SwapOnVSync hangs once that many swaps succeeded).
+sleeps), `missing_options` (names the binding "does not have", like an older build).
 
-For a subprocess, which no test code can reach: the environment variable
-`FAKE_RGBMATRIX_HANG_AFTER_SWAPS=N` sets `hang_after_swaps` (read at import and by `reset()`).
+For a service running as a subprocess, the environment variable FAKE_RGBMATRIX_CONTROL names a
+file whose content steers every SwapOnVSync while the process runs: `fail` raises, `hang`
+blocks until the content changes, anything else (or no file) works.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class _State:
         self.matrices: list[RGBMatrix] = []
         self.options: RGBMatrixOptions | None = None
         self.swaps = 0
+        self.swap_times: list[float] = []  # monotonic time of each swap that succeeded
         self.fail_init: str | None = None
         self.fail_after_swaps: int | None = None
         self.hang = False
@@ -102,8 +103,6 @@ class _State:
         self.released = threading.Event()
         self.slow_sec = 0.0
         self.missing_options: set[str] = set()
-        hang_after = os.environ.get("FAKE_RGBMATRIX_HANG_AFTER_SWAPS", "")
-        self.hang_after_swaps: int | None = int(hang_after) if hang_after.strip() else None
 
 
 state = _State()
@@ -119,8 +118,27 @@ def reset() -> None:
 def release() -> None:
     """Let a call blocked by `state.hang` return."""
     state.hang = False
-    state.hang_after_swaps = None
     state.released.set()
+
+
+def _control_mode() -> str:
+    path = os.environ.get("FAKE_RGBMATRIX_CONTROL")
+    if not path:
+        return ""
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _obey_control_file() -> None:
+    mode = _control_mode()
+    if mode == "fail":
+        raise Exception("fake panel failure (control file)")
+    while mode == "hang":
+        time.sleep(0.05)
+        mode = _control_mode()
 
 
 def _record(*call) -> None:
@@ -257,10 +275,9 @@ class RGBMatrix:
             raise TypeError("SwapOnVSync needs a FrameCanvas of this matrix")
         if canvas is self.front:
             raise AssertionError("that canvas is already on the panel; swap the other one")
+        _obey_control_file()
         if state.slow_sec:
             time.sleep(state.slow_sec)
-        if state.hang_after_swaps is not None and state.swaps >= state.hang_after_swaps:
-            state.hang = True
         if state.hang:
             state.hanging.set()
             if not state.released.wait(_HANG_LIMIT_SEC):
@@ -268,6 +285,7 @@ class RGBMatrix:
         if state.fail_after_swaps is not None and state.swaps >= state.fail_after_swaps:
             raise Exception("fake panel failure")
         state.swaps += 1
+        state.swap_times.append(time.monotonic())
         shown, self.front = self.front, canvas
         _record("SwapOnVSync", canvas.ident)
         return shown

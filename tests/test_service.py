@@ -1,0 +1,151 @@
+"""The real `loop.py` process: notify messages, SIGTERM, restart, and `curl` as a person uses it."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import Client, gif_bytes, png_bytes, wait_for, write_config
+
+CURL = shutil.which("curl")
+
+
+def require_curl():
+    if CURL:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("curl is missing under CI; .ci/run must install it")
+    pytest.skip("curl is not installed on this machine")
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    sock.bind(path)
+    sock.settimeout(10)
+    yield sock, path
+    sock.close()
+
+
+def receive_until(sock, wanted: str, timeout=10.0) -> list[str]:
+    """Datagrams until one contains `wanted`; returns all of them."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            seen.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+        if wanted in seen[-1]:
+            return seen
+    raise AssertionError(f"{wanted!r} not received; got {seen}")
+
+
+def test_ready_and_stopping_over_a_real_notify_socket(tmp_path, services, notify_socket):
+    sock, path = notify_socket
+    config = write_config(tmp_path / "config.json", tmp_path / "data")
+    service = services(config, env={"NOTIFY_SOCKET": path})
+    ready = receive_until(sock, "READY=1")
+    assert any(line == "READY=1" for msg in ready for line in msg.split("\n"))
+    # READY means serving: the API answers now
+    assert service.client.get("/api/poll/health").status == 200
+    assert service.terminate() == 0
+    assert "STOPPING=1" in "".join(receive_until(sock, "STOPPING=1"))
+
+
+def test_sigterm_exits_0_and_restart_keeps_library(tmp_path, services):
+    config = write_config(tmp_path / "config.json", tmp_path / "data")
+    service = services(config)
+    created = service.client.upload([("a.gif", gif_bytes())])
+    assert created.status == 201
+    item_id = created.data["results"][0]["item"]["id"]
+    service.client.put("/api/display", json_body={"brightness": 33})
+    assert service.terminate() == 0
+    again = services(config)
+    items = again.client.get("/api/media").data["items"]
+    assert [m["id"] for m in items] == [item_id]
+    # the debounced brightness was flushed at shutdown
+    assert again.client.get("/api/display").data["brightness"] == 33
+    wait_for(lambda: again.client.get("/api/poll/status").data["player"]["item"] == item_id)
+    assert again.terminate() == 0
+
+
+def test_sigterm_lets_an_inflight_upload_finish(tmp_path, services):
+    config = write_config(tmp_path / "config.json", tmp_path / "data")
+    service = services(config)
+    data = png_bytes((9, 9, 9))
+    body = b"".join([b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\""
+                     b"\r\n\r\n", data, b"\r\n--B--\r\n"])
+    conn = socket.create_connection(("127.0.0.1", service.port))
+    conn.sendall(b"POST /api/media HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+                 b"multipart/form-data; boundary=B\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body[:40])
+    time.sleep(0.3)  # the request is in flight when the signal arrives
+    service.proc.send_signal(15)
+    time.sleep(0.3)
+    conn.sendall(body[40:])
+    conn.settimeout(10)
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    conn.close()
+    assert reply.startswith(b"HTTP/1.1 201"), reply[:200]
+    assert service.proc.wait(20) == 0
+
+
+def test_curl_the_way_the_readme_shows(tmp_path, services):
+    require_curl()
+    config = write_config(tmp_path / "config.json", tmp_path / "data")
+    service = services(config)
+    base = f"http://127.0.0.1:{service.port}"
+    gif = tmp_path / "cat.gif"
+    gif.write_bytes(gif_bytes(delays=(50, 50, 50)))
+
+    def curl(*args):
+        proc = subprocess.run([CURL, "-sS", "-w", "\n%{http_code}", *args], capture_output=True,
+                              timeout=30, cwd=tmp_path)
+        body, _, code = proc.stdout.rpartition(b"\n")
+        return int(code), body
+
+    code, body = curl("-F", f"file=@{gif}", f"{base}/api/media")
+    assert code == 201
+    item = json.loads(body)["data"]["results"][0]["item"]
+    code, body = curl("--data-binary", f"@{gif}", f"{base}/api/media?name=cat.gif")
+    assert code == 200 and json.loads(body)["data"]["results"][0]["item"]["id"] == item["id"]
+    frames = set()
+    for _ in range(40):
+        code, body = curl(f"{base}/api/poll/status")
+        player = json.loads(body)["data"]["player"]
+        assert player["item"] in (item["id"], None)
+        frames.add(player["frame"])
+        if len(frames) > 1:
+            break
+        time.sleep(0.03)
+    assert len(frames) > 1, "the frame index should advance"
+    code, _ = curl("-o", "now.png", f"{base}/api/display/frame.png")
+    assert code == 200 and (tmp_path / "now.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, body = curl(f"{base}/api/poll/health")
+    health = json.loads(body)["data"]
+    assert code == 200 and health["healthy"] is True
+    assert health["checks"]["memory"]["rss_mb"] > 0
+    assert service.terminate() == 0
+
+
+def test_port_in_use_fails_cleanly(tmp_path, services):
+    config = write_config(tmp_path / "config.json", tmp_path / "data")
+    first = services(config)
+    clash = write_config(tmp_path / "clash.json", tmp_path / "data2",
+                         web={"port": first.port})
+    proc = subprocess.run([os.sys.executable, "loop.py", "--config", clash],
+                          cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 1 and "cannot start" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert Client(first.port).get("/api/poll/health").status == 200
