@@ -625,21 +625,24 @@ class LoopHandler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.client_address[0], format % args)
 
     def _log_access(self, status: int, size: int) -> None:
-        """One line per request, except polling (counted) and refusals that a flood would
-        turn into a line per request (429, 503: counted in by_status)."""
+        """One INFO line per request that got past the rate limiter, except polling, which is
+        only counted. Refusals before the limiter (protocol errors, allowlist, Host,
+        admission) and 429s are counted in `by_status` and logged at DEBUG: a flood must
+        not turn into a line per request on the SD card."""
         counters = self.server.counters
         if status == 429:
             counters.add("rate_limited")
-        request = self._request
-        if request is not None and request.rate_class == "poll" and status < 400:
+        rate_class = self._request.rate_class if self._request else ""
+        if rate_class == "poll" and status < 400:
             counters.add("polls")
             return
-        if status in (429, 503) or not self.server.web.access_log:
-            return
-        access_log.info("client=%s method=%s path=%s status=%d bytes=%d ms=%.1f",
-                        self.client_address[0], json.dumps(self.command or "-"),
-                        json.dumps((getattr(self, "path", None) or "-")[:200]), status, size,
-                        (time.monotonic() - self._started) * 1000)
+        level = logging.INFO
+        if not rate_class or status == 429 or not self.server.web.access_log:
+            level = logging.DEBUG
+        access_log.log(level, "client=%s method=%s path=%s status=%d bytes=%d ms=%.1f",
+                       self.client_address[0], json.dumps(self.command or "-"),
+                       json.dumps((getattr(self, "path", None) or "-")[:200]), status, size,
+                       (time.monotonic() - self._started) * 1000)
 
 
 def bind(host: str, port: int, web_cfg, api) -> LoopServer:

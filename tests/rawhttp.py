@@ -88,13 +88,14 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
             return True
 
 
-def exchange(port: int, data: bytes, source: str | None = None, timeout: float = 10):
+def exchange(port: int, data: bytes, source: str | None = None, timeout: float = 10,
+             close_wait: float = 3.0):
     """Send `data`, read one response; returns (reply, closed) where `closed` says whether the
-    server closed the connection right after answering."""
+    server closed the connection within `close_wait` seconds of answering."""
     with connect(port, source, timeout) as sock:
         sock.sendall(data)
         reply = read_response(sock)
-        return reply, closed_by_server(sock, 3.0)
+        return reply, close_wait > 0 and closed_by_server(sock, close_wait)
 
 
 def request_bytes(method: str, path: str, headers: dict | list | None = None,
