@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import multipart
 
-from loop import __version__, media
+from loop import __version__, media, screens
 from loop.config import FITS
 from loop.media import MediaError
 from loop.player import MODES
@@ -114,6 +114,8 @@ ROUTES = [
     _route("PUT", "/api/display", "put_display", "control", "change brightness or fit"),
     _route("GET", "/api/display/frame.png", "frame_png", "static",
            "what the panel shows now (?scale=)"),
+    _route("POST", "/api/display/reset", "reset_display", "control",
+           "clear the panel's crash marker and breaker, then restart the service"),
     _route("GET", "/{asset}", "asset", "static", "dashboard scripts and styles"),
 ]
 TRANSPORT = ("play", "pause", "toggle", "next", "previous")
@@ -556,6 +558,13 @@ class Api:
             self.app.set_fit(body["fit"])
         return envelope(200, self.app.display_state())
 
+    def reset_display(self, request):
+        restarting = self.app.reset_display()
+        if restarting:
+            return envelope(202, {"restarting": True}, "display reset; the service restarts now")
+        return envelope(200, {"restarting": False}, "display reset; restart the service to "
+                        "open the panel again (not running under systemd)")
+
     def frame_png(self, request):
         try:
             scale = int(request.arg("scale", "4"))
@@ -566,7 +575,7 @@ class Api:
         preview = self.app.player.preview
         width, height = self.app.target().width, self.app.target().height
         if preview is None:
-            image = media.text_screen([], width, height)
+            image = screens.render([], width, height)
         else:
             frames, index = preview
             image = media.frame_image(frames.frame(index), frames.width, frames.height,

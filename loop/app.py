@@ -217,6 +217,20 @@ class App:
         suffix = "" if port == 80 else f":{port}"
         return [f"{primary_ip()}{suffix}"]
 
+    def reset_display(self) -> bool:
+        """Operator reset: forget crash markers and breaker history; restart under systemd.
+
+        The hardware cannot be reopened after privileges are dropped, so a fresh panel init
+        needs a new process: exit status 75, which the unit restarts.
+        """
+        display.clear_crash_marker(self.cfg.system.data_dir)
+        self.player.command("reset_breaker")
+        under_systemd = self.notifier.enabled or "INVOCATION_ID" in self.environ
+        if under_systemd:
+            log.warning("display reset by operator: restarting the service")
+            self.request_stop(EXIT_RESTART)
+        return under_systemd
+
     def set_fit(self, fit: str) -> None:
         self.store.update_settings(durable=True, fit=fit)
 

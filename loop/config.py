@@ -71,7 +71,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "cols": Key(64, int, "columns of one panel (rgbmatrix --led-cols)", 16, 256),
         "chain_length": Key(1, int, "panels daisy-chained per output", 1, 16),
         "parallel": Key(1, int, "parallel chains (1..3 on a Pi)", 1, 3),
-        "hardware_mapping": Key("regular", str, "GPIO mapping of the HAT/bonnet",
+        "hardware_mapping": Key("adafruit-hat", str, "GPIO mapping (the reference "
+                                "hardware is the Adafruit RGB Matrix Bonnet)",
                                 choices=HARDWARE_MAPPINGS),
         "gpio_slowdown": Key(2, int, "GPIO slowdown; raise it when the panel flickers", 0, 5),
         "brightness": Key(80, int, "brightness at first start, 0..100 (0 = off); "
@@ -367,3 +368,25 @@ def load(args: argparse.Namespace, environ=os.environ) -> Config:
 
 def defaults() -> Config:
     return build({})
+
+
+def markdown_reference() -> str:
+    """The README's configuration tables, generated from SCHEMA (`python3 -m loop.config`)."""
+    lines = []
+    for section, keys in SCHEMA.items():
+        lines += ["", f"**{section}**", "", "| key | default | allowed | meaning |",
+                  "|---|---|---|---|"]
+        for key, spec in keys.items():
+            if spec.choices:
+                allowed = " \\| ".join(spec.choices)
+            elif spec.lo is not None:
+                allowed = f"{spec.lo:g}..{spec.hi:g}"
+            else:
+                allowed = spec.kind.__name__
+            default = json.dumps(spec.default)
+            lines.append(f"| `{section}.{key}` | `{default}` | {allowed} | {spec.doc} |")
+    return "\n".join(lines[1:]) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_reference(), end="")

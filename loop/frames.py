@@ -8,8 +8,9 @@ Layout (little-endian):
     durations count * u32 milliseconds
 
 The count is written last (it is 0 while the file is being filled), so a file cut short by a
-crash never validates. The header and size rules below are pure functions; `FrameWriter`
-and `FrameFile` are the thin I/O around them.
+crash never validates. A committed file is never changed in place, only replaced or unlinked:
+a memory-mapped file that shrinks kills the reader with SIGBUS. The header and size rules
+below are pure functions; `FrameWriter` and `FrameFile` are the thin I/O around them.
 """
 
 from __future__ import annotations

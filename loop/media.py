@@ -13,12 +13,21 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from PIL import Image, ImageDraw, ImageOps, features
+from PIL import Image, ImageOps, features
 
 from loop.frames import PIXEL_FORMATS, FrameWriter
 
 IMAGE_FORMATS = ["GIF", "PNG", "JPEG", "WEBP", "BMP"]
-if features.check("avif"):  # Pillow >= 11.2 built with libavif
+
+
+def _avif_decoder() -> bool:
+    try:
+        return features.check_module("avif")  # Pillow >= 11.2 built with libavif
+    except ValueError:  # older Pillow (Debian Bookworm's 9.4) has no such module
+        return False
+
+
+if _avif_decoder():
     IMAGE_FORMATS.append("AVIF")
 EXTENSIONS = {"GIF": "gif", "PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp",
               "AVIF": "avif"}
@@ -254,15 +263,3 @@ def frame_image(frame, width: int, height: int, pixel_format: str = "RGB24") -> 
     if pixel_format != "RGB24":
         raise MediaError(500, "internal", f"pixel format {pixel_format} is not supported yet")
     return Image.frombuffer("RGB", (width, height), bytes(frame), "raw", "RGB", 0, 1)
-
-
-def text_screen(lines: list[str], width: int, height: int) -> Image.Image:
-    """A status screen (boot URL, empty-library hint) legible on a small panel."""
-    img = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(img)
-    y = 1
-    for i, line in enumerate(lines):
-        colour = (255, 180, 0) if i == 0 else (0, 200, 255)
-        draw.text((1, y), line, fill=colour)
-        y += 11
-    return img

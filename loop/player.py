@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from loop import media
+from loop import media, screens
 from loop.frames import FrameFile, FrameFileError
 
 log = logging.getLogger("loop.player")
@@ -193,6 +193,11 @@ class Player(threading.Thread):
         self._apply_brightness()
         self._changed()
 
+    def _cmd_reset_breaker(self):
+        self.breaker.reset()
+        self._apply_brightness()
+        self._changed()
+
     def _cmd_screen(self, lines, seconds):
         self._screen_until = self.clock() + seconds
         self._show_screen(lines)
@@ -317,6 +322,8 @@ class Player(threading.Thread):
             return
         self._now = _Playing(item, frames)
         self.store.update_settings(current=item["id"])
+        if self.paused:  # paused on a new item: show its first frame, not the old one
+            self._show(frames, 0)
         self._changed()
 
     def _library_changed(self, view) -> None:
@@ -332,8 +339,10 @@ class Player(threading.Thread):
             self._changed()
 
     def _close_current(self) -> None:
-        if self._now is not None:
-            self._now.frames.close()
+        # Dropping the reference is enough: the mapping is freed once the preview (which the
+        # API may be reading right now) lets go of it too. Closing it here would pull the
+        # frame out from under a request.
+        self._now = None
 
     # ---- output ------------------------------------------------------------------------
     def _show(self, frames, index: int) -> None:
@@ -353,7 +362,7 @@ class Player(threading.Thread):
         self._call_driver(self.driver.set_brightness, self.brightness)
 
     def _show_screen(self, lines) -> None:
-        image = media.text_screen(lines, self.driver.width, self.driver.height)
+        image = screens.render(lines, self.driver.width, self.driver.height)
         self._show(Screen(image, self.driver.pixel_format), 0)
 
     def _show_hint(self) -> None:

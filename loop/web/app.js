@@ -499,7 +499,6 @@
       if (Number(slider.value) !== player.brightness) slider.value = String(player.brightness);
       showBrightness(player.brightness);
     }
-    setText($("#version"), s.version !== undefined ? "· state " + s.version : "");
     renderBreaker();
 
     // Current item highlight on the library cards.
@@ -525,12 +524,14 @@
   // ---------------------------------------------------------------- preview
   // The image is fetched as a blob and swapped in only once complete: no flicker, one request
   // in flight, and no cache-busting query strings the server would have to tolerate.
-  const preview = { inflight: false, again: false, url: null, scale: 4, panelW: 0, seq: 0, aspect: "" };
+  const preview = { inflight: false, again: false, url: null, scale: 4, panelW: 0, seq: 0, aspect: "",
+    failed: false };
 
   function previewTick(changed) {
     const player = (status && status.player) || {};
     const animating = player.state === "playing" && (player.frames || 0) > 1;
-    if (changed || animating || !preview.url) refreshPreview();
+    // a failed fetch is retried on the next tick, even when the status did not change
+    if (changed || animating || preview.failed || !preview.url) refreshPreview();
   }
 
   function wantedScale() {
@@ -557,6 +558,7 @@
       } finally {
         clearTimeout(timer);
       }
+      preview.failed = !(blob && blob.size);
       if (blob && blob.size) {
         const url = URL.createObjectURL(blob);
         const img = $("#preview");
@@ -587,7 +589,9 @@
         }
       }
     } catch (err) {
-      /* a missed preview frame is harmless; the status poller reports connection loss */
+      // a missed preview frame is harmless (retried next tick); the status poller reports
+      // connection loss
+      preview.failed = true;
     } finally {
       preview.inflight = false;
     }
@@ -1314,10 +1318,12 @@
       (typeof last.rss_mb === "number" ? last.rss_mb : null);
     const limit = findNumber(data, ["limit_mb", "memory_limit_mb", "budget_mb"], ["memory"]);
     const avail = findNumber(data, ["available_mb", "system_available_mb"], ["memory", "system_memory"]);
-    let mem = rss !== null ? num(rss, 0) + " MB" : "—";
-    if (rss !== null && limit !== null) mem += " of " + num(limit, 0);
-    if (avail !== null) mem += " · " + num(avail, 0) + " MB free";
+    let mem = "—";
+    if (rss !== null) mem = num(rss, 0) + (limit !== null ? " / " + num(limit, 0) : "") + " MB";
     setText($("#health-memory"), mem);
+    setAttr($("#health-memory"), "title", "LOOP's own memory" +
+      (limit !== null ? " (budget " + num(limit, 0) + " MB)" : "") +
+      (avail !== null ? "; the system has " + num(avail, 0) + " MB available" : ""));
 
     const cpuCheck = (data.checks && data.checks.cpu) || {};
     const cpu = (typeof cpuCheck.percent === "number" ? cpuCheck.percent : null) ??
@@ -1347,7 +1353,7 @@
     sparkline($("#chart-temp"), history.map((p) => p && p.temp_c));
 
     renderChecks(data.checks || {});
-    if (data.version !== undefined && !$("#version").textContent) setText($("#version"), String(data.version));
+    if (data.version !== undefined) setText($("#version"), String(data.version));
     renderBanner();
     emit("health", data);
   }

@@ -26,11 +26,16 @@ Knobs (on `state`, reset by `reset()`): `fail_init` (message: RGBMatrix() raises
 `fail_after_swaps` (SwapOnVSync raises once that many swaps succeeded), `hang` (SwapOnVSync
 blocks until `release()`; `state.hanging` is set while it blocks), `slow_sec` (SwapOnVSync
 sleeps), `missing_options` (names the binding "does not have", like an older build).
+
+For a service running as a subprocess, the environment variable FAKE_RGBMATRIX_CONTROL names a
+file whose content steers every SwapOnVSync while the process runs: `fail` raises, `hang`
+blocks until the content changes, anything else (or no file) works.
 """
 
 from __future__ import annotations
 
 import operator
+import os
 import threading
 import time
 
@@ -90,6 +95,7 @@ class _State:
         self.matrices: list[RGBMatrix] = []
         self.options: RGBMatrixOptions | None = None
         self.swaps = 0
+        self.swap_times: list[float] = []  # monotonic time of each swap that succeeded
         self.fail_init: str | None = None
         self.fail_after_swaps: int | None = None
         self.hang = False
@@ -113,6 +119,26 @@ def release() -> None:
     """Let a call blocked by `state.hang` return."""
     state.hang = False
     state.released.set()
+
+
+def _control_mode() -> str:
+    path = os.environ.get("FAKE_RGBMATRIX_CONTROL")
+    if not path:
+        return ""
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _obey_control_file() -> None:
+    mode = _control_mode()
+    if mode == "fail":
+        raise Exception("fake panel failure (control file)")
+    while mode == "hang":
+        time.sleep(0.05)
+        mode = _control_mode()
 
 
 def _record(*call) -> None:
@@ -249,6 +275,7 @@ class RGBMatrix:
             raise TypeError("SwapOnVSync needs a FrameCanvas of this matrix")
         if canvas is self.front:
             raise AssertionError("that canvas is already on the panel; swap the other one")
+        _obey_control_file()
         if state.slow_sec:
             time.sleep(state.slow_sec)
         if state.hang:
@@ -258,6 +285,7 @@ class RGBMatrix:
         if state.fail_after_swaps is not None and state.swaps >= state.fail_after_swaps:
             raise Exception("fake panel failure")
         state.swaps += 1
+        state.swap_times.append(time.monotonic())
         shown, self.front = self.front, canvas
         _record("SwapOnVSync", canvas.ident)
         return shown
