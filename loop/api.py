@@ -180,8 +180,8 @@ class Access:
     def __init__(self, web, hostname: str | None = None):
         self.networks = [ipaddress.ip_network(n, strict=False) for n in web.allow_networks]
         self.token = web.api_token.encode("utf-8")
-        extra = {h.rstrip(".").lower() for h in web.allowed_hosts}
-        self.any_host = "*" in extra
+        self.any_host = "*" in web.allowed_hosts
+        extra = {parsed[0] for parsed in map(split_host, web.allowed_hosts) if parsed}
         self.hosts = machine_names(hostname) | extra
 
     def check_network(self, request: Request) -> None:

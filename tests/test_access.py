@@ -76,12 +76,12 @@ def _status_with_host(port, host, version="HTTP/1.1"):
 
 
 def test_host_check_refuses_rebinding_names(make_app):
-    app = make_app(**{"web.allowed_hosts": ["loop.example.lan"]})
+    app = make_app(**{"web.allowed_hosts": ["loop.example.lan", "Sign.Example:8080"]})
     port = app.server.port
     name = socket.gethostname()
     for host in ("127.0.0.1", f"127.0.0.1:{port}", "localhost", f"localhost:{port}",
                  "[::1]", f"[::1]:{port}", name, f"{name}.local", f"{name.upper()}:{port}",
-                 "loop.example.lan", "loop.example.lan.", "192.168.1.20:80"):
+                 "loop.example.lan", "loop.example.lan.", "192.168.1.20:80", "sign.example"):
         assert _status_with_host(port, host).status == 200, host
     rebound = _status_with_host(port, "attacker.example")
     assert rebound.status == 421 and rebound.json["error"] == "forbidden"
