@@ -37,8 +37,10 @@ RESTART_KEYS = ("web.host", "web.port", "web.max_concurrent_requests", "system.d
 class App:
     """The service: every component, wired together."""
 
-    def __init__(self, cfg: config.Config, *, args=None, environ=None, module=None):
+    def __init__(self, cfg: config.Config, *, args=None, environ=None, module=None,
+                 root: str = "/"):
         self.cfg = cfg
+        self.root = root  # where the display pre-flight and drivers find /dev, /sys (tests)
         self.args = args
         self.environ = os.environ if environ is None else environ
         self.notifier = Notifier.from_environ(self.environ)
@@ -73,7 +75,7 @@ class App:
         self._set_service_groups()
         self.driver, self.display_reason = display.open_driver(
             self.cfg.display, self.cfg.system.data_dir, module=self._module,
-            user=self._service_user())
+            user=self._service_user(), root=self.root)
         if self.display_reason:
             log.warning("display: %s", self.display_reason)
         self._drop_privileges()
@@ -210,7 +212,7 @@ class App:
     def target(self) -> media.Target:
         fit = self.store.settings.get("fit", self.cfg.display.fit)
         return media.Target(self.driver.width, self.driver.height, self.driver.pixel_format,
-                            fit)
+                            fit, getattr(self.driver, "rotation", 0))
 
     def url_lines(self) -> list[str]:
         port = self.server.port if self.server else self.cfg.web.port

@@ -54,6 +54,16 @@ def _rgb_sequence(value):
     return None
 
 
+def _absolute(value):
+    return None if value.startswith("/") else "must be an absolute path like /dev/fb1"
+
+
+def _plain_name(value):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", value) or ".." in value:
+        return "must be auto, none or the name of a directory in /sys/class/backlight"
+    return None
+
+
 def _even(value):
     return None if value % 2 == 0 else "must be even"
 
@@ -102,8 +112,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_init_crashes": Key(2, int, "crash markers in a row before starting headless",
                                 1, 100),
         "boot_screen_sec": Key(5.0, float, "how long the boot screen shows the URL", 0, 600),
-        "framebuffer_device": Key("/dev/fb1", str, "framebuffer driver's device"),
-        "rotation": Key(0, int, "framebuffer rotation in degrees", 0, 270,
+        "framebuffer_device": Key("/dev/fb1", str, "framebuffer driver's device: /dev/fb1 "
+                                  "for an SPI LCD overlay, /dev/fb0 for HDMI",
+                                  check=_absolute),
+        "framebuffer_width": Key(0, int, "framebuffer picture width after rotation; 0 = "
+                                 "what the device reports, else a mismatch fails the "
+                                 "pre-flight", 0, 8192),
+        "framebuffer_height": Key(0, int, "framebuffer picture height after rotation; 0 = "
+                                  "what the device reports", 0, 8192),
+        "framebuffer_backlight": Key("auto", str, "framebuffer brightness: auto (the "
+                                     "backlight in /sys/class/backlight, if one fits), none "
+                                     "(scale pixels in software) or a backlight's name",
+                                     check=_plain_name),
+        "rotation": Key(0, int, "framebuffer: degrees the picture is turned clockwise "
+                        "(LED matrices use pixel_mapper_config 'Rotate:90')", 0, 270,
                         check=lambda v: None if v % 90 == 0 else "must be 0, 90, 180 or 270"),
     },
     "media": {

@@ -1,6 +1,6 @@
 """Display drivers behind one small interface, the hardware pre-flight and the crash marker.
 
-Drivers (all RGB24, all called from the display thread only; none is thread-safe):
+Drivers (all called from the display thread only; none is thread-safe):
 
 - `HeadlessDriver`: no panel; counts frames. The fallback whenever a panel cannot be used.
 - `RGBMatrixDriver`: hzeller's `rpi-rgb-led-matrix` Python binding (module `rgbmatrix`).
@@ -14,6 +14,9 @@ Drivers (all RGB24, all called from the display thread only; none is thread-safe
   127.0.0.1 only, and the SIGINT/SIGTERM handlers it installs are put back at once.
   Limits: the package reads `./emulator_config.json` (never writes it) for its log level at
   import, and it runs a tornado thread of its own; it is a developer tool, never for the Pi.
+- `FramebufferDriver` (loop/framebuffer.py): a Linux framebuffer such as an SPI LCD's
+  /dev/fb1, in the device's own pixel format (RGB565 or BGRX) and rotation; the others are
+  RGB24.
 
 `open_driver()` picks and opens a driver and never raises for driver problems: anything that
 goes wrong ends in an opened `HeadlessDriver` plus a reason a person understands.
@@ -109,6 +112,7 @@ class Driver:
 
     name = "base"
     pixel_format = "RGB24"
+    rotation = 0  # degrees clockwise frames are turned at render time (framebuffer only)
     drops_privileges = False
 
     def __init__(self, width: int, height: int):
@@ -675,6 +679,11 @@ def _headless(display_cfg, reason: str | None, log_: logging.Logger):
     if reason:
         log_.warning("display: running headless: %s", reason)
     driver = HeadlessDriver(display_cfg)
+    if display_cfg.driver == "framebuffer" and display_cfg.framebuffer_width and \
+            display_cfg.framebuffer_height:
+        # Render for the panel that is expected, so nothing is re-rendered when it is back.
+        driver.width, driver.height = (display_cfg.framebuffer_width,
+                                       display_cfg.framebuffer_height)
     driver.open()
     return driver, reason
 
@@ -720,13 +729,24 @@ def open_driver(display_cfg, data_dir: str, *, root: str = "/", euid: int | None
     consecutive inits that did not return, this one included; success removes it, a clean
     failure puts the old count back. A marker found at start-up therefore counts as a crash,
     and after `display_cfg.max_init_crashes` of them the panel is not tried again until
-    `clear_crash_marker()` (POST /api/display/reset)."""
+    `clear_crash_marker()` (POST /api/display/reset).
+
+    `root` is the file-system root the pre-flight and the framebuffer driver look at (tests
+    pass a fake tree)."""
     log_ = log or logger
     choice = display_cfg.driver
     if choice == "headless":
         return _headless(display_cfg, None, log_)
     if choice == "framebuffer":
-        return _headless(display_cfg, "framebuffer driver not available yet", log_)
+        from loop.framebuffer import FramebufferDriver  # it builds on this module
+        driver = FramebufferDriver(display_cfg, root=root, euid=euid)
+        try:
+            driver.open()
+        except Exception as exc:
+            if not isinstance(exc, DisplayError):
+                log_.exception("display: unexpected error opening the framebuffer")
+            return _headless(display_cfg, str(exc) or repr(exc), log_)
+        return driver, None
     if choice == "emulator":
         driver = EmulatorDriver(display_cfg, module, work_dir=data_dir, user=user)
         try:
