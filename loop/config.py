@@ -370,7 +370,34 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to listen on (web.host)")
     parser.add_argument("--port", type=int, help="TCP port, 0 = any free port (web.port)")
     parser.add_argument("--display", choices=DRIVERS, help="display driver (display.driver)")
+    test = parser.add_argument_group(
+        "self-test", "run it on the device first (sudo make selftest) and attach its output "
+        "to bug reports; exit status 0 = fine, 1 = something is wrong, 3 = refused because "
+        "the LOOP service is running")
+    test.add_argument("--selftest", action="store_true",
+                      help="check the machine and the configured panel, show a test pattern, "
+                           "measure frame writes, print a report and exit")
+    test.add_argument("--json", action="store_true", help="with --selftest: the report as JSON")
+    test.add_argument("--stop-service", action="store_true",
+                      help="with --selftest: stop the running LOOP service for the test and "
+                           "start it again afterwards")
+    test.add_argument("--pattern-sec", type=_pattern_sec, default=None, metavar="SECONDS",
+                      help=f"with --selftest: how long the test pattern shows (default "
+                           f"{PATTERN_SEC:g})")
     return parser
+
+
+PATTERN_SEC = 6.0
+
+
+def _pattern_sec(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 600:
+        raise argparse.ArgumentTypeError("must be 0..600 seconds")
+    return value
 
 
 def load(args: argparse.Namespace, environ=os.environ) -> Config:

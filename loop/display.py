@@ -1,4 +1,5 @@
-"""Display drivers behind one small interface, the hardware pre-flight and the crash marker.
+"""Display drivers behind one small interface, the hardware pre-flight, the crash marker and
+the panel lock.
 
 Drivers (all called from the display thread only; none is thread-safe):
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import grp
 import importlib
 import importlib.util
@@ -673,6 +675,82 @@ def clear_crash_marker(data_dir: str) -> None:
     _fsync_dir(data_dir)
 
 
+# ---- panel lock -----------------------------------------------------------------------------
+
+LOCK_NAME = "display.lock"
+
+
+def _lock_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).decode("ascii").strip() or 0)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return 0
+
+
+class PanelLock:
+    """{data_dir}/display.lock, flock()ed by the process that drives the panel (the service,
+    or a self-test), with its pid inside. The kernel drops an flock when its process dies, so
+    the lock never goes stale. The self-test refuses to run while another process holds it;
+    the service runs headless while a self-test holds it."""
+
+    def __init__(self, data_dir: str):
+        self.path = os.path.join(data_dir, LOCK_NAME)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> int | None:
+        """Take the lock. None when this process has it (or nothing can be locked: no
+        writable data directory, a file system without flock), else the holder's pid (0
+        when it is unknown)."""
+        if self._fd is not None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        except OSError as exc:
+            logger.warning("cannot open the panel lock %s: %s", self.path, exc)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _lock_pid(fd)
+            os.close(fd)
+            return pid
+        except OSError as exc:
+            logger.warning("cannot lock %s: %s", self.path, exc)
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the flock
+
+
+def panel_lock_holder(data_dir: str) -> int | None:
+    """The pid of the process holding {data_dir}/display.lock (0 when unknown), None when no
+    process holds it."""
+    try:
+        fd = os.open(os.path.join(data_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_pid(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
 # ---- choosing a driver --------------------------------------------------------------------
 
 def _headless(display_cfg, reason: str | None, log_: logging.Logger):
@@ -718,7 +796,8 @@ def _open_guarded(driver: Driver, display_cfg, data_dir: str, log_: logging.Logg
 
 
 def open_driver(display_cfg, data_dir: str, *, root: str = "/", euid: int | None = None,
-                module=None, log: logging.Logger | None = None, user: str | None = None):
+                module=None, log: logging.Logger | None = None, user: str | None = None,
+                busy: str | None = None):
     """Pick, pre-flight and open the driver `display_cfg.driver` names.
 
     Returns (opened driver, reason it fell back to headless or None); never raises for
@@ -731,12 +810,15 @@ def open_driver(display_cfg, data_dir: str, *, root: str = "/", euid: int | None
     and after `display_cfg.max_init_crashes` of them the panel is not tried again until
     `clear_crash_marker()` (POST /api/display/reset).
 
-    `root` is the file-system root the pre-flight and the framebuffer driver look at (tests
-    pass a fake tree)."""
+    `busy` is a reason not to touch the panel at all (another process holds the panel lock):
+    every driver but headless then falls back with it. `root` is the file-system root the
+    pre-flight and the framebuffer driver look at (tests pass a fake tree)."""
     log_ = log or logger
     choice = display_cfg.driver
     if choice == "headless":
         return _headless(display_cfg, None, log_)
+    if busy:
+        return _headless(display_cfg, busy, log_)
     if choice == "framebuffer":
         from loop.framebuffer import FramebufferDriver  # it builds on this module
         driver = FramebufferDriver(display_cfg, root=root, euid=euid)
@@ -768,6 +850,6 @@ def open_driver(display_cfg, data_dir: str, *, root: str = "/", euid: int | None
     return _open_guarded(driver, display_cfg, data_dir, log_)
 
 
-__all__ = ["Check", "DisplayError", "Driver", "EmulatorDriver", "HeadlessDriver",
+__all__ = ["Check", "DisplayError", "Driver", "EmulatorDriver", "HeadlessDriver", "PanelLock",
            "RGBMatrixDriver", "clear_crash_marker", "failed_reason", "init_crash_count",
-           "open_driver", "panel_size", "pi_model", "preflight"]
+           "open_driver", "panel_lock_holder", "panel_size", "pi_model", "preflight"]
