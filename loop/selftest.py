@@ -272,11 +272,11 @@ class Refused(Exception):
     """The panel is in use; the message says by whom and what to do."""
 
 
-def claim_panel(cfg, stop_service: bool) -> tuple[display.PanelLock, bool]:
+def claim_panel(cfg, stop_service: bool) -> tuple[display.PanelLock, bool, str | None]:
     """Make sure no service drives the panel, then hold the panel lock.
 
-    Returns (the held lock, whether the unit was stopped and must be started again);
-    raises Refused."""
+    Returns (the held lock, whether the unit was stopped and must be started again, what
+    systemctl said); raises Refused."""
     data_dir = cfg.system.data_dir
     state = systemd_state()
     holder = display.panel_lock_holder(data_dir)
@@ -307,7 +307,7 @@ def claim_panel(cfg, stop_service: bool) -> tuple[display.PanelLock, bool]:
                 _systemctl("start")
             raise Refused(f"process {holder or '?'} took the panel while the self-test "
                           "started; stop it first")
-    return lock, stopped
+    return lock, stopped, state
 
 
 # ---- the test pattern -----------------------------------------------------------------------
@@ -590,6 +590,19 @@ def format_text(report: dict) -> str:
 
 # ---- entry point ----------------------------------------------------------------------------
 
+def _restart(stopped: bool, state: str | None) -> Check:
+    """Start the unit again when the self-test stopped it; the "service" check."""
+    if not stopped:
+        said = f"systemctl is-active loop: {state}" if state else "no systemctl"
+        return Check("service", PASS, f"no LOOP drives the panel ({said})")
+    ok, said = _systemctl("start")
+    if ok:
+        return Check("service", PASS, "the LOOP service was stopped for the test and started "
+                     "again")
+    return Check("service", FAIL, f"the LOOP service was stopped for the test and did not "
+                 f"start again: {said}", "sudo systemctl start loop; journalctl -u loop")
+
+
 def main(cfg, args, *, root: str = "/", module=None, isolate: bool = True,
          out=None, err=None) -> int:
     """Run the self-test for `cfg` (args: json, stop_service, pattern_sec); the exit status.
@@ -599,7 +612,7 @@ def main(cfg, args, *, root: str = "/", module=None, isolate: bool = True,
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        lock, stopped = claim_panel(cfg, args.stop_service)
+        lock, stopped, state = claim_panel(cfg, args.stop_service)
     except Refused as exc:
         print(f"loop: self-test refused: {exc}", file=err)
         if args.json:
@@ -621,13 +634,7 @@ def main(cfg, args, *, root: str = "/", module=None, isolate: bool = True,
                 result = work()
     finally:
         lock.release()
-    service = Check("service", PASS, "the LOOP service is not running")
-    if stopped:
-        ok, said = _systemctl("start")
-        service = Check("service", PASS, "the LOOP service was stopped for the test and "
-                        "started again") if ok else Check(
-            "service", FAIL, f"the LOOP service was stopped for the test and did not start "
-            f"again: {said}", "sudo systemctl start loop; journalctl -u loop")
+        service = _restart(stopped, state)
     report = build_report(cfg, root=root, info=info, pre=pre, health=health, facts=facts,
                           result=result, service=service)
     out.write(json.dumps(report, indent=2) + "\n" if args.json else format_text(report))

@@ -519,3 +519,27 @@ def test_service_without_the_device_runs_headless_and_says_why(tmp_path, fb_app)
     health = client.get("/api/poll/health").data
     assert "/dev/fb1 does not exist" in health["checks"]["display"]["reason"]
     assert status(client)["display"]["status"] == "degraded"
+
+
+def test_thumbnail_and_preview_are_upright_on_a_turned_panel(tmp_path, fb_app):
+    root = fake_fb(tmp_path, width=240, height=320, bpp=32)
+    app = fb_app(root, **{"display.rotation": 270, "display.brightness": 100})
+    client = Client(app.server.port)
+    img = Image.new("RGB", (320, 240), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 160, 240))  # red left half, blue right half
+    body = io.BytesIO()
+    img.save(body, "PNG")
+    reply = client.post("/api/media?name=halves.png", body=body.getvalue())
+    assert reply.status == 201, reply
+    item = reply.data["results"][0]["item"]
+    thumb = Image.open(io.BytesIO(client.get(item["thumb"]).body)).convert("RGB")
+    assert thumb.width > thumb.height
+    assert thumb.getpixel((2, thumb.height // 2)) == (255, 0, 0)
+    assert thumb.getpixel((thumb.width - 3, thumb.height // 2)) == (0, 0, 255)
+    # on the device (turned 270° clockwise) the picture's left half is the bottom half:
+    # red (BGRX 00 00 ff 00) on the bottom row, blue (ff 00 00 00) on the top row
+    bottom = (319 * 240 + 120) * 4
+    wait_for(lambda: device(root)[bottom:bottom + 4] == bytes([0, 0, 255, 0]))
+    assert device(root)[120 * 4:121 * 4] == bytes([255, 0, 0, 0])
+    png = Image.open(io.BytesIO(client.get("/api/display/frame.png?scale=1").body))
+    assert png.getpixel((2, 120)) == (255, 0, 0) and png.getpixel((317, 120)) == (0, 0, 255)
