@@ -10,11 +10,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import Client, gif_bytes, make_config, wait_for
+from conftest import Client, gif_bytes, wait_for
 from PIL import Image
 
 from loop import display, framebuffer, media, pixels
-from loop.app import App
 from loop.config import build
 from loop.frames import FrameFile
 
@@ -449,19 +448,11 @@ class FailingMap:
 
 
 @pytest.fixture
-def fb_app(tmp_path):
-    apps = []
-
+def fb_app(make_app):
     def start(root, **overrides):
         overrides.setdefault("display.driver", "framebuffer")
-        app = App(make_config(tmp_path, **overrides), environ={}, root=root)
-        app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        app.stop()
+        return make_app(root=root, **overrides)
+    return start
 
 
 def status(client):
