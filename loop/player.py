@@ -49,10 +49,11 @@ class Screen:
     count = 1
     durations = (1000,)
 
-    def __init__(self, image, pixel_format: str):
+    def __init__(self, image, pixel_format: str, rotation: int = 0):
         self.width, self.height = image.size
         self.pixel_format = pixel_format
-        self._data = media.to_pixels(image, pixel_format)
+        self.rotation = rotation
+        self._data = media.to_pixels(image, pixel_format, rotation)
 
     def frame(self, index: int):
         return self._data
@@ -331,6 +332,8 @@ class Player(threading.Thread):
             return
         self._now = _Playing(item, frames)
         self.store.update_settings(current=item["id"])
+        if self.paused:  # paused on a new item: show its first frame, not the old one
+            self._show(frames, 0)
         self._changed()
 
     def _library_changed(self, view) -> None:
@@ -346,8 +349,10 @@ class Player(threading.Thread):
             self._changed()
 
     def _close_current(self) -> None:
-        if self._now is not None:
-            self._now.frames.close()
+        # Dropping the reference is enough: the mapping is freed once the preview (which the
+        # API may be reading right now) lets go of it too. Closing it here would pull the
+        # frame out from under a request.
+        self._now = None
 
     # ---- output ------------------------------------------------------------------------
     def _show(self, frames, index: int) -> None:
@@ -368,7 +373,8 @@ class Player(threading.Thread):
 
     def _show_screen(self, lines) -> None:
         image = screens.render(lines, self.driver.width, self.driver.height)
-        self._show(Screen(image, self.driver.pixel_format), 0)
+        self._show(Screen(image, self.driver.pixel_format,
+                          getattr(self.driver, "rotation", 0)), 0)
 
     def _show_hint(self) -> None:
         self._show_screen(["No media yet"] + self.hint_lines)
