@@ -153,6 +153,75 @@ def markdown_table(records) -> str:
     return "\n".join(lines)
 
 
+def _n(value, digits: int = 3) -> str:
+    return "?" if value is None else _fmt(round(value, digits) if isinstance(value, float)
+                                          else value)
+
+
+def brief_rows(records) -> list[tuple]:
+    """One short row per result worth a glance (polling folded per condition), for the
+    README: (group, what, result, goal, verdict)."""
+    rows, polling = [], {}
+    for rec in records:
+        group, bench = rec["group"], rec["bench"]
+        if rec.get("skipped") or bench == "group_failed":
+            rows.append((group, bench, (rec.get("skipped") or rec.get("error") or "")[:80],
+                         "", verdict(rec)))
+            continue
+        if group == "polling":
+            polling.setdefault(bench.split("_c")[0], []).append(rec)
+            continue
+        if group == "memory" and "rss_mb" in rec:
+            text = f"RSS {_n(rec['rss_mb'])} MB (USS {_n(rec.get('uss_mb'))} MB)"
+        elif group == "memory":
+            text = (f"peak RSS {_n(rec['peak_rss_mb'])} MB, with children "
+                    f"{_n(rec['peak_with_children_mb'])} MB")
+        elif group == "pacing" and "p99_dev_ms" in rec:
+            text = (f"p99 dev {_n(rec['p99_dev_ms'])} ms, drift {_n(rec['drift_ms'])} ms, "
+                    f"late {rec['late_frames']}, {_n(rec['cpu_per_frame_us'], 0)} us CPU/frame")
+        elif group == "ingest":
+            text = (f"{_n(rec.get('upload_s'))} s vs decode {_n(rec.get('decode_s'))} s "
+                    f"= {_n(rec.get('ratio'), 2)}x")
+        elif group == "startup":
+            text = f"{_n(rec['ready_s'])} s to READY=1 (median of {rec.get('runs')})"
+        elif group == "durability" and "index_writes_during" in rec:
+            text = (f"{rec['index_writes_during']} index writes during, "
+                    f"{rec['index_writes_after_flush']} after the debounced flush")
+        elif group == "durability":
+            text = f"p50 {_n(rec.get('p50_ms'))} ms, p99 {_n(rec.get('p99_ms'))} ms"
+        else:
+            text = headline(rec)
+        if rec.get("error"):
+            text = ("upload answered 415: video not supported by this build"
+                    if "415" in rec["error"] else f"{text} ({rec['error'][:60]})")
+        rows.append((group, bench, text, rec.get("goal", ""), verdict(rec)))
+    for condition, recs in polling.items():
+        p99 = [r["p99_ms"] for r in recs if r.get("p99_ms") is not None]
+        rps = [r["rps"] for r in recs if r.get("rps") is not None]
+        if not p99:
+            continue
+        goals = {r.get("goal") for r in recs} - {""}
+        verdicts = [r.get("met") for r in recs if r.get("met") is not None]
+        worst = max(recs, key=lambda r: r.get("p99_ms") or 0)
+        text = (f"p99 {_n(min(p99))}..{_n(max(p99))} ms (worst {worst['bench']}), "
+                f"{_n(min(rps), 0)}..{_n(max(rps), 0)} req/s, "
+                f"503: {sum(r.get('n503', 0) for r in recs)}, "
+                f"429: {sum(r.get('n429', 0) for r in recs)}")
+        verdict_text = "" if not verdicts else ("met" if all(verdicts) else
+                                                f"MISSED {verdicts.count(False)}/6")
+        rows.append(("polling", f"{condition} (c1/c4/c6, +/- ETag)", text,
+                     goals.pop() if goals else "", verdict_text))
+    order = {g: i for i, g in enumerate(GROUPS)}
+    return sorted(rows, key=lambda r: order[r[0]])
+
+
+def brief_markdown(records) -> str:
+    lines = ["| group | bench | result | goal | goal? |", "|---|---|---|---|---|"]
+    for row in brief_rows(records):
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines)
+
+
 def machine_info() -> dict:
     model = platform.processor() or platform.machine()
     try:

@@ -9,7 +9,8 @@ on timing; the exit status is 1 only when a group could not run at all.
     python bench/run.py                   # every group (about 8-9 minutes)
     BENCH_QUICK=1 python bench/run.py     # smaller inputs, shorter windows (about 2 minutes)
     python bench/run.py pacing ingest     # some groups only
-    python bench/run.py --table           # print the last results.json as a Markdown table
+    python bench/run.py --table           # the last results.json as a short Markdown table
+    python bench/run.py --table-full      # ... every result
 
 Environment: BENCH_QUICK=1, BENCH_DIR (where the temp work directory goes; it decides the
 filesystem the fsync numbers are about), BENCH_KEEP=1 (keep the work directory),
@@ -88,20 +89,23 @@ def versions() -> dict:
             "ffmpeg": shutil.which("ffmpeg") is not None}
 
 
-def print_table(path: str = RESULTS) -> int:
+def print_table(full: bool, path: str = RESULTS) -> int:
     with open(path) as fh:
         doc = json.load(fh)
     machine = doc["machine"]
     print(f"{doc['date']} on {machine['cpu']} ({machine['cores']} cores, "
           f"{machine['memory_mb']} MB), Python {machine['python']}, "
           f"Pillow {doc['versions']['pillow']}{', QUICK' if doc['quick'] else ''}\n")
-    print(common.markdown_table(doc["results"]))
+    if full:
+        print(common.markdown_table(doc["results"]))
+    else:
+        print(common.brief_markdown(doc["results"]))
     return 0
 
 
 def main(argv: list[str]) -> int:
-    if "--table" in argv:
-        return print_table()
+    if "--table" in argv or "--table-full" in argv:
+        return print_table("--table-full" in argv)
     wanted = [a for a in argv if not a.startswith("-")] or list(GROUPS)
     unknown = [g for g in wanted if g not in GROUPS]
     if unknown:

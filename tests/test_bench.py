@@ -179,3 +179,18 @@ def test_importtime_profile_is_parsed_for_the_subtree():
 def test_bench_entry_point_is_the_makefile_target():
     with open(f"{ROOT}/Makefile") as fh:
         assert "$(PY) bench/run.py" in fh.read()
+
+
+def test_brief_table_folds_polling_per_condition():
+    recs = [common.result("polling", f"gif50fps_c{c}{e}", rps=1000.0 + c, p99_ms=float(c),
+                          n503=1, n429=0, goal="p99_ms <= 10", met=c < 6)
+            for c in (1, 4, 6) for e in ("", "_etag")]
+    recs.append(common.result("memory", "idle_empty", rss_mb=30.0, uss_mb=17.0,
+                              goal="rss_mb <= 25", met=False))
+    rows = common.brief_rows(recs)
+    assert rows[0] == ("memory", "idle_empty", "RSS 30 MB (USS 17 MB)", "rss_mb <= 25",
+                       "MISSED")
+    group, what, text, goal, verdict = rows[1]
+    assert what.startswith("gif50fps") and "p99 1..6 ms" in text and "503: 6" in text
+    assert verdict == "MISSED 2/6"
+    assert common.brief_markdown(recs).count("\n") == len(rows) + 1
