@@ -207,7 +207,7 @@ class Child:
         lines = [ln.strip() for ln in self.tail.decode("utf-8", "replace").splitlines()]
         lines = [ln for ln in lines if ln]
         text = lines[-1] if lines else "no details"
-        return text.replace(f"file:{path}", "input").replace(path, "input")[:200]
+        return text.replace(f"file:{path}", "input").replace(path, "input")[-200:]
 
 
 def _rate(text: str | None) -> float | None:
