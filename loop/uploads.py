@@ -102,7 +102,8 @@ class Jobs:
         """Forget finished jobs older than `keep_sec`; returns how many."""
         cutoff = self._clock() - self.keep_sec
         with self._lock:
-            old = [k for k, j in self._jobs.items() if j.finished and j.finished < cutoff]
+            old = [k for k, j in self._jobs.items()
+                   if j.finished is not None and j.finished < cutoff]
             for key in old:
                 del self._jobs[key]
             if old:
