@@ -7,6 +7,9 @@ frame count before rendering, the deadline between frames.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import math
 import os
 import struct
@@ -17,6 +20,8 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageOps, features
 
 from loop.frames import PIXEL_FORMATS, FrameWriter
+
+log = logging.getLogger("loop.media")
 
 IMAGE_FORMATS = ["GIF", "PNG", "JPEG", "WEBP", "BMP"]
 
@@ -194,13 +199,44 @@ def render_image(path: str, frames_path: str, target: Target, media_cfg, *,
     img = open_image(path, media_cfg.max_pixels)
     try:
         return _render_frames(img, frames_path, target, media_cfg, progress, deadline)
-    except MediaError:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, struct.error) as exc:
-        raise MediaError(422, "invalid_media", f"image could not be decoded: {exc}") from None
     finally:
         img.close()
+
+
+@contextlib.contextmanager
+def _decoding():
+    """Pillow working on untrusted bytes: whatever it raises means the file is bad.
+
+    Fuzzed files make decoders raise more than OSError/ValueError (IndexError, KeyError,
+    TypeError, ...); none of that is a bug of LOOP, so it is a 422, logged for a look.
+    Only Pillow's calls run inside this; LOOP's own code (fit, writing) stays outside.
+    """
+    try:
+        yield
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise MediaError(422, "invalid_media", "image has too many pixels") from None
+    except Exception as exc:
+        if not isinstance(exc, (OSError, SyntaxError, ValueError, EOFError, struct.error)):
+            log.warning("decoder raised %s on an upload: %s", type(exc).__name__, exc)
+        raise MediaError(422, "invalid_media", f"image could not be decoded: {exc}") from None
+
+
+@contextlib.contextmanager
+def _writing():
+    """Writes to the data directory: a full disk is a 507, never 'bad image'."""
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(exc) from exc
+
+
+def storage_error(exc: OSError) -> MediaError:
+    """Map a write failure to the answer a client gets."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MediaError(507, "insufficient_storage", "the device's storage is full")
+    return MediaError(500, "internal", f"storage write failed: {os.strerror(exc.errno or 0)}")
 
 
 def _frame_plan(n_frames: int, frame_size: int, media_cfg) -> tuple[int, int]:
@@ -256,34 +292,38 @@ def count_gif_frames(path: str, cap: int) -> int:
 def _render_frames(img, frames_path, target, media_cfg, progress, deadline) -> Rendered:
     fmt = img.format
     cap = media_cfg.max_frames * 4
-    if fmt == "GIF":
-        n_frames = max(1, count_gif_frames(img.filename, cap))
-    else:
-        n_frames = getattr(img, "n_frames", 1)
+    with _decoding():
+        if fmt == "GIF":
+            n_frames = max(1, count_gif_frames(img.filename, cap))
+        else:
+            n_frames = getattr(img, "n_frames", 1)
     if n_frames > cap:
         raise MediaError(422, "invalid_media", f"{n_frames} frames is more than this device "
                          f"stores (media.max_frames = {media_cfg.max_frames})")
     animated = n_frames > 1
     source_size = img.size
     if not animated:
-        img = ImageOps.exif_transpose(img)  # phone photos stand upright
+        with _decoding():
+            img = ImageOps.exif_transpose(img)  # phone photos stand upright
         source_size = img.size
     frame_size = target.width * target.height * PIXEL_FORMATS[target.pixel_format][1]
     stride, keep = _frame_plan(n_frames, frame_size, media_cfg)
     max_ms = media_cfg.max_duration_sec * 1000
     notes, total_ms = [], 0
-    writer = FrameWriter(frames_path, target.width, target.height, target.pixel_format)
+    with _writing():
+        writer = FrameWriter(frames_path, target.width, target.height, target.pixel_format)
     try:
         for index in range(n_frames):
             if deadline is not None and time.monotonic() > deadline:
                 raise MediaError(422, "invalid_media", "decoding took longer than "
-                                 "media.decode_timeout_sec")
-            if animated:
-                try:
-                    img.seek(index)
-                except EOFError:  # fewer frames than the header or block walk promised
-                    break
-            delay = gif_delay(img.info.get("duration")) if animated else 1000
+                                 f"media.decode_timeout_sec = {media_cfg.decode_timeout_sec:g} s")
+            with _decoding():
+                if animated:
+                    try:
+                        img.seek(index)
+                    except EOFError:  # fewer frames than the header or block walk promised
+                        break
+                delay = gif_delay(img.info.get("duration")) if animated else 1000
             if index % stride:
                 writer.extend_last(delay)
                 total_ms += delay
@@ -293,14 +333,20 @@ def _render_frames(img, frames_path, target, media_cfg, progress, deadline) -> R
                              + ("media.max_duration_sec" if total_ms >= max_ms
                                 else "media.max_item_mb / media.max_frames"))
                 break
-            frame = fit_image(_flatten(img), target)
-            writer.add(to_pixels(frame, target.pixel_format), delay)
+            with _decoding():
+                img.load()  # decode now: Pillow is lazy, and fit_image is not a decoder
+                flat = _flatten(img)
+            with _writing():
+                writer.add(to_pixels(fit_image(flat, target), target.pixel_format), delay)
             total_ms += delay
             if progress:
                 progress((index + 1) / n_frames)
         if stride > 1:
             notes.insert(0, f"frame rate lowered to 1/{stride} to fit media.max_item_mb")
-        header = writer.finish()
+        if writer.count == 0:
+            raise MediaError(422, "invalid_media", "no frame could be decoded from the image")
+        with _writing():
+            header = writer.finish()
     finally:
         writer.close()
     kind = "animation" if header.count > 1 else "image"

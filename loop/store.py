@@ -8,7 +8,6 @@ the index again (DESIGN.md, "Data directory").
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from loop import frames
-from loop.media import MediaError
+from loop.media import MediaError, storage_error
 
 log = logging.getLogger("loop.store")
 
@@ -66,13 +65,6 @@ def write_json_atomic(path: str, obj) -> None:
             pass
         raise
     fsync_dir(directory)
-
-
-def storage_error(exc: OSError) -> MediaError:
-    """Map a write failure to the answer a client gets."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return MediaError(507, "insufficient_storage", "the device's storage is full")
-    return MediaError(500, "internal", f"storage write failed: {os.strerror(exc.errno or 0)}")
 
 
 def now_iso() -> str:

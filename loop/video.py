@@ -113,9 +113,14 @@ class Child:
     def __init__(self, argv: list[str], deadline: float):
         self.deadline = deadline
         self.tail = bytearray()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=child_env(), bufsize=0,
-                                     close_fds=True, start_new_session=True)
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         env=child_env(), bufsize=0, close_fds=True,
+                                         start_new_session=True)
+        except OSError as exc:  # not executable, wrong architecture, ...
+            raise MediaError(415, "unsupported_media", f"video uploads need a working "
+                             f"{os.path.basename(argv[0])}: {exc.strerror or exc}") from None
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.proc.stdout, selectors.EVENT_READ, "out")
         self._selector.register(self.proc.stderr, selectors.EVENT_READ, "err")
