@@ -366,16 +366,6 @@ def render(path: str, frames_path: str, target: Target, media_cfg, **kwargs) -> 
     return render_image(path, frames_path, target, media_cfg, **kwargs)
 
 
-def detect_extension(path: str) -> str:
-    """File extension for the stored original, from the bytes."""
-    try:
-        with Image.open(path, formats=IMAGE_FORMATS) as img:
-            return EXTENSIONS.get(img.format, "bin")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning):
-        return "bin"
-
-
 def write_thumb(frame: bytes, target: Target, path: str) -> None:
     """A PNG preview of the first rendered frame, scaled up crisply for the web page."""
     img = frame_image(frame, target.width, target.height, target.pixel_format)
