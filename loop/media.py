@@ -1,8 +1,10 @@
 """Decoding untrusted uploads into panel-sized frames with timings.
 
-The type is decided from the bytes (Pillow's `formats=` list), never from the file name.
-Every limit is checked before the work it protects: pixels from the header before decoding,
-frame count before rendering, the deadline between frames.
+The type is decided from the bytes, never from the file name: video containers are
+recognised by `loop.video.sniff` and go to ffmpeg (loop/video.py); everything else goes to
+Pillow with a `formats=` list. Every limit is checked before the work it protects: pixels
+from the header before decoding, frame count (GIFs by a bounded block walk) before
+rendering, the deadline between frames. The fit geometry here is shared with video.
 """
 
 from __future__ import annotations

@@ -113,6 +113,12 @@ def test_other_files_renamed_gif(hostile, data):
     refused(hostile, form(data, "cat.gif"), {415, 422})
 
 
+def test_heif_photo_says_what_it_is(hostile):
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + os.urandom(500)
+    reply = refused(hostile, form(heic, "IMG_0001.HEIC"), {415})
+    assert "HEIF" in reply.json["message"]
+
+
 def test_zero_bytes(hostile):
     refused(hostile, raw(b"", "empty.gif"), {400})
     refused(hostile, form(b"", "empty.gif"), {422})
