@@ -194,6 +194,8 @@ class Store:
                 os.rename(staging, final)
                 fsync_dir(self.media_dir)
             except OSError as exc:
+                shutil.rmtree(staging, ignore_errors=True)  # if it never got renamed
+                self._discard(final)
                 raise storage_error(exc) from exc
 
             def change():
@@ -202,9 +204,20 @@ class Store:
             try:
                 self._transaction(change)
             except MediaError:
-                shutil.rmtree(final, ignore_errors=True)
+                self._discard(final)
                 raise
             return dict(meta), True
+
+    def _discard(self, final: str) -> None:
+        """Take an uncommitted directory out of media/ (into tmp/, then remove it)."""
+        if not os.path.lexists(final):
+            return
+        graveyard = os.path.join(self.tmp_dir, f"uncommitted-{uuid.uuid4().hex}")
+        try:
+            os.rename(final, graveyard)
+        except OSError:
+            graveyard = final  # removed in place; recovery removes whatever is left
+        shutil.rmtree(graveyard, ignore_errors=True)
 
     def delete_item(self, item_id: str) -> None:
         """Remove an item: out of media/ first, then the index, then the files."""

@@ -450,3 +450,14 @@ def test_replace_render_crash_windows_leave_a_valid_item(tmp_path):
     assert again.recovery["dropped"] == []
     assert frames.validate(again.frames_path(meta["id"])).width == 8
     assert again.view.get(meta["id"])["render"]["width"] == 4  # will be rendered again
+
+
+def test_failed_commit_before_the_rename_leaves_nothing(app, client, monkeypatch):
+    before = library_state(app)
+    fail_fsync_for(monkeypatch, lambda p: "meta.json" in p and p.endswith(".tmp"))
+    reply = client.post("/api/media?name=new.gif", body=gif_bytes())
+    assert reply.status == 500
+    monkeypatch.undo()
+    assert library_state(app) == before
+    assert os.listdir(os.path.join(app.cfg.system.data_dir, "tmp")) == []
+    assert os.listdir(os.path.join(app.cfg.system.data_dir, "media")) == []
