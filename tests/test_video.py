@@ -204,7 +204,8 @@ def test_child_stderr_is_bounded_and_stdout_exact():
 def test_child_deadline_kills_the_process_group(tmp_path):
     pidfile = tmp_path / "grandchild"
     child = video.Child(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"],
-                        time.monotonic() + 0.5)
+                        time.monotonic() + 1.0)
+    wait_for(pidfile.exists)
     try:
         with pytest.raises(video.DecodeTimeout):
             child.readinto(memoryview(bytearray(10)))
