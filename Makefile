@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(PY) loop.py --config config.json --data-dir var --host 127.0.0.1 --port 8080 --display headless
 
 lint: $(STAMP)
-	$(PY) -m ruff check loop loop.py tests bench
+	$(PY) -m ruff check loop loop.py tests $(wildcard bench)
 
 test: lint
 	$(PY) -m pytest -q tests

@@ -29,16 +29,22 @@ from loop.uploads import Intake, Jobs
 log = logging.getLogger("loop.app")
 
 EXIT_OK, EXIT_CONFIG, EXIT_RESTART = 0, 2, 75
+HTTP_POLL_SEC = 0.2  # serve_forever's poll: how often the accept loop's heartbeat beats
 # Keys a SIGHUP cannot change in a running process.
 RESTART_KEYS = ("web.host", "web.port", "web.max_concurrent_requests", "system.data_dir",
                 "system.user", "processing.max_concurrent_jobs") + tuple(
     f"display.{k}" for k in config.SCHEMA["display"] if k not in ("brightness", "fit"))
+# Keys that are only defaults of runtime settings: a reload never overrides what people set.
+FIRST_START_KEYS = ("display.brightness", "display.fit")
 
 
 class App:
     """The service: every component, wired together."""
 
-    def __init__(self, cfg: config.Config, *, args=None, environ=None, module=None):
+    def __init__(self, cfg: config.Config, *, args=None, environ=None, module=None,
+                 driver=None):
+        """`module` replaces the rgbmatrix module and `driver` the whole display driver (an
+        opened object with the driver interface): both are test seams."""
         self.cfg = cfg
         self.args = args
         self.environ = os.environ if environ is None else environ
@@ -47,7 +53,10 @@ class App:
         self.exit_code = EXIT_OK
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._stopped = False
+        self._wake = threading.Event()  # set by every signal; the main thread then looks
         self._module = module  # an injected rgbmatrix module (tests)
+        self._driver = driver  # an injected, already opened driver (tests)
         self.server: server.LoopServer | None = None
         self.store = Store(cfg.system.data_dir, {
             "brightness": cfg.display.brightness, "fit": cfg.display.fit, "mode": "all",
@@ -75,9 +84,12 @@ class App:
         os.makedirs(self.cfg.system.data_dir, exist_ok=True)
         self.server = server.bind(self.cfg.web.host, self.cfg.web.port, self.cfg.web, self.api)
         self._set_service_groups()
-        self.driver, self.display_reason = display.open_driver(
-            self.cfg.display, self.cfg.system.data_dir, module=self._module,
-            user=self._service_user())
+        if self._driver is not None:
+            self.driver, self.display_reason = self._driver, None
+        else:
+            self.driver, self.display_reason = display.open_driver(
+                self.cfg.display, self.cfg.system.data_dir, module=self._module,
+                user=self._service_user())
         if self.display_reason:
             log.warning("display: %s", self.display_reason)
         self._drop_privileges()
@@ -92,19 +104,29 @@ class App:
         if self.cfg.display.boot_screen_sec > 0:
             self.player.screen(["LOOP"] + self.url_lines(), self.cfg.display.boot_screen_sec)
         self.player.command("library", wait=False)
-        self._serve_thread = threading.Thread(target=self.server.serve_forever,
-                                              kwargs={"poll_interval": 0.2}, name="http",
-                                              daemon=True)
-        self._serve_thread.start()
+        self.serve()
         self.monitor.start()
         host, port = self.server.server_address[:2]
         print(f"LOOP listening on http://{host}:{port}", file=sys.stderr, flush=True)
         self.notifier.ready(f"serving on port {port}")
         self.maintenance.schedule()  # after READY=1: re-rendering never delays start-up
 
+    def serve(self) -> None:
+        """Run the HTTP accept loop on its thread (its poll is the HTTP heartbeat)."""
+        self._serve_thread = threading.Thread(target=self.server.serve_forever,
+                                              kwargs={"poll_interval": HTTP_POLL_SEC},
+                                              name="http", daemon=True)
+        self._serve_thread.start()
+
     def stop(self) -> None:
-        """Graceful shutdown: stop accepting, drain, stop the player, flush, close."""
+        """Graceful shutdown: stop accepting, drain, stop the player, flush, close. Runs once."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.notifier.stopping()
+        if self.monitor is not None:
+            # first: draining requests must not read as a dead accept loop
+            self.monitor.stop()
         deadline = time.monotonic() + self.cfg.system.shutdown_timeout_sec
         if self.server is not None:
             self.server.shutdown()
@@ -115,8 +137,6 @@ class App:
                 log.warning("%d request(s) still running at the shutdown deadline",
                             self.server.in_flight)
         self.maintenance.stop(max(0.5, deadline - time.monotonic()))
-        if self.monitor is not None:
-            self.monitor.stop()
         if self.player is not None:
             self.player.stop(max(0.5, deadline - time.monotonic()))
         if self.driver is not None:
@@ -129,19 +149,22 @@ class App:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; SIGHUP reloads config.json. Returns the exit status."""
-        faulthandler.enable()  # the watchdog's SIGABRT leaves every thread's stack in the log
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: (self._reload.set(), self._stop.set()))
+        # The watchdog's SIGABRT leaves every thread's stack in the journal; SIGUSR1 dumps
+        # them without stopping anything (`systemctl kill -s USR1 loop`).
+        faulthandler.enable(all_threads=True)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop(self.exit_code))
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop(self.exit_code))
+        signal.signal(signal.SIGHUP, lambda *_: (self._reload.set(), self._wake.set()))
         self.start()
         while True:
-            self._stop.wait()
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():  # a stop wins over a reload that came with it
+                break
             if self._reload.is_set():
                 self._reload.clear()
-                self._stop.clear()
                 self.reload()
-                continue
-            break
         log.info("stopping")
         self.stop()
         return self.exit_code
@@ -149,29 +172,49 @@ class App:
     def request_stop(self, exit_code: int = EXIT_OK) -> None:
         self.exit_code = exit_code
         self._stop.set()
+        self._wake.set()
 
     def reload(self) -> None:
-        """Re-read config.json; apply what can change live, keep the old config on error."""
+        """SIGHUP: re-read config.json, apply what can change live, keep the rest.
+
+        Runtime settings people set through the API (brightness, fit, mode, the loop) live in
+        the data directory and are never touched; `display.brightness`/`display.fit` are only
+        their first-start defaults. Keys in RESTART_KEYS keep their running value and the log
+        says a restart is needed. A bad file is logged and ignored. systemd hears RELOADING=1
+        (with MONOTONIC_USEC, for Type=notify-reload) and then READY=1 either way."""
         self.notifier.reloading()
         try:
-            new = config.load(self.args, self.environ) if self.args else self.cfg
+            self._apply_reload()
         except config.ConfigError as exc:
             log.error("reload ignored, keeping the running config: %s", exc)
-            self.notifier.ready()
-            return
+        except Exception:  # a bug in reloading must not take the service down
+            log.exception("reload failed, keeping the running config")
+        self.notifier.ready()
+
+    def _apply_reload(self) -> None:
+        if self.args is None:
+            raise config.ConfigError("started without a config file; nothing to re-read")
+        new = config.load(self.args, self.environ)
         old_flat, new_flat = _flat(self.cfg), _flat(new)
         changed = [k for k in new_flat if new_flat[k] != old_flat[k]]
         needs_restart = [k for k in changed if k in RESTART_KEYS]
         kept = {k: old_flat[k] for k in needs_restart}
         self.cfg = new.replace(**kept) if kept else new
         self.intake.cfg = self.cfg
-        self.player.cfg = self.cfg
+        if self.player is not None:
+            self.player.cfg = self.cfg
         self.jobs.keep_sec = self.cfg.processing.job_cleanup_hours * 3600
-        self.server.reconfigure(self.cfg.web)
-        log.info("config reloaded; changed: %s", ", ".join(changed) or "nothing")
+        if self.server is not None:
+            self.server.reconfigure(self.cfg.web)
+        logging.getLogger().setLevel(self.cfg.system.log_level)
+        live = [k for k in changed if k not in needs_restart]
+        log.info("config reloaded; applied: %s", ", ".join(live) or "nothing changed")
+        defaults = [k for k in live if k in FIRST_START_KEYS]
+        if defaults:
+            log.info("%s only set(s) the first-start default; the value set at run time "
+                     "stays", ", ".join(defaults))
         if needs_restart:
             log.warning("these keys need a restart to take effect: %s", ", ".join(needs_restart))
-        self.notifier.ready()
 
     def _service_user(self) -> str | None:
         """The user to drop to, when started as root and that user exists."""

@@ -324,6 +324,8 @@ class Player(threading.Thread):
             return
         self._now = _Playing(item, frames)
         self.store.update_settings(current=item["id"])
+        if self.paused:  # paused on a new item: show its first frame, not the old one
+            self._show(frames, 0)
         self._changed()
 
     def _library_changed(self, view) -> None:
@@ -339,8 +341,10 @@ class Player(threading.Thread):
             self._changed()
 
     def _close_current(self) -> None:
-        if self._now is not None:
-            self._now.frames.close()
+        # Dropping the reference is enough: the mapping is freed once the preview (which the
+        # API may be reading right now) lets go of it too. Closing it here would pull the
+        # frame out from under a request.
+        self._now = None
 
     # ---- output ------------------------------------------------------------------------
     def _show(self, frames, index: int) -> None:

@@ -277,3 +277,16 @@ def test_dashboard_served_with_security_headers(client):
     assert "default-src 'self'" in reply.headers["Content-Security-Policy"]
     assert reply.headers["X-Content-Type-Options"] == "nosniff"
     assert client.get("/../etc/passwd").status == 404
+
+
+def test_switching_items_while_paused_shows_the_new_item(client):
+    ids = [client.upload([(f"{i}.png", png_bytes(colour))]).data["results"][0]["item"]["id"]
+           for i, colour in enumerate([(255, 0, 0), (0, 255, 0)])]
+    wait_for(lambda: client.get("/api/poll/status").data["player"]["item"] == ids[0])
+    client.post("/api/playback/pause")
+    assert client.post("/api/playback/next").data["item"] == ids[1]
+    for _ in range(5):  # the preview is the new item, every time, not a released old frame
+        reply = client.get("/api/display/frame.png?scale=1")
+        assert reply.status == 200
+        assert Image.open(io.BytesIO(reply.body)).convert("RGB").getpixel((30, 15)) == \
+            (0, 255, 0)

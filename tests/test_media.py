@@ -196,7 +196,8 @@ def test_job_progress_is_real_while_receiving(app):
             jobs = client.get("/api/poll/progress").data["jobs"]
             return next((j for j in jobs if j["id"] == "mine-1" and j["progress"] >= 0.45),
                         None)
-        job = wait_for(receiving)  # the whole first half has arrived, the rest has not
+        # the whole first half has arrived, the rest has not (polled gently: poll rate limit)
+        job = wait_for(receiving, interval=0.1)
         assert job["stage"] == "receiving" and job["progress"] < 0.55
         assert job["item"] is None and job["error"] is None
         sock.sendall(data[len(data) // 2:])
@@ -241,7 +242,8 @@ def test_the_monitor_expires_jobs(make_app):
     client = Client(app.server.port)
     client.post("/api/media?name=a.png", body=png_bytes(), headers={"X-Upload-Id": "gone"})
     assert [j["id"] for j in client.get("/api/poll/progress").data["jobs"]] == ["gone"]
-    wait_for(lambda: client.get("/api/poll/progress").data["jobs"] == [], timeout=10)
+    wait_for(lambda: client.get("/api/poll/progress").data["jobs"] == [], timeout=10,
+             interval=0.25)  # within the per-client poll rate
 
 
 # ---- library API -------------------------------------------------------------------------
