@@ -32,7 +32,13 @@ class Stopped(Exception):
 def render_key(target: media.Target) -> dict:
     """What an item's frames were made for (stored as meta["render"])."""
     return {"width": target.width, "height": target.height,
-            "pixel_format": target.pixel_format, "fit": target.fit}
+            "pixel_format": target.pixel_format, "fit": target.fit,
+            "rotation": target.rotation}
+
+
+def is_stale(meta: dict, key: dict) -> bool:
+    """True when the item's frames were made for another target (no rotation recorded = 0)."""
+    return dict({"rotation": 0}, **(meta.get("render") or {})) != key
 
 
 class Maintenance:
@@ -83,7 +89,7 @@ class Maintenance:
     def _mark(self) -> list[str]:
         key = render_key(self.target())
         view = self.store.view
-        stale = [m["id"] for m in view.items if m.get("render") != key]
+        stale = [m["id"] for m in view.items if is_stale(m, key)]
         self.store.set_pending(stale)
         order = {item_id: n for n, item_id in enumerate(view.loop)}
         todo = [i for i in stale if self._failed.get(i) != key]
@@ -131,7 +137,7 @@ class Maintenance:
         try:
             target = self.target()
             meta = self.store.view.get(item_id)
-            if meta is None or meta.get("render") == render_key(target):
+            if meta is None or not is_stale(meta, render_key(target)):
                 return  # deleted or no longer stale; _mark settles its job
             error = self._render(meta, target, job)
         finally:

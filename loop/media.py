@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps, features
 
+from loop import pixels
 from loop.frames import PIXEL_FORMATS, FrameWriter
 
 log = logging.getLogger("loop.media")
@@ -57,11 +58,15 @@ class MediaError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """What the panel wants: geometry, pixel format and fit mode."""
+    """What the panel wants: the picture's geometry, pixel format, fit mode, and the rotation
+    (degrees clockwise) frames are turned by before they are stored, so that a framebuffer
+    shows them with a plain copy (loop/pixels.py). Frame files keep the picture's
+    width x height; their bytes are in the device's scan order."""
     width: int
     height: int
     pixel_format: str = "RGB24"
     fit: str = "contain"
+    rotation: int = 0
 
 
 @dataclass
@@ -123,11 +128,13 @@ def fit_image(img: Image.Image, target: Target) -> Image.Image:
     return canvas
 
 
-def to_pixels(img: Image.Image, pixel_format: str) -> bytes:
-    """Panel-sized RGB image -> the bytes the driver wants."""
-    if pixel_format == "RGB24":
-        return img.tobytes()
-    raise MediaError(500, "internal", f"pixel format {pixel_format} is not supported yet")
+def to_pixels(img: Image.Image, pixel_format: str, rotation: int = 0) -> bytes:
+    """Panel-sized RGB image -> the bytes the driver wants (RGB24, RGB565, BGRX), turned
+    clockwise by `rotation` degrees."""
+    try:
+        return pixels.encode(img, pixel_format, rotation)
+    except ValueError as exc:
+        raise MediaError(500, "internal", str(exc)) from None
 
 
 def _flatten(frame: Image.Image) -> Image.Image:
@@ -338,8 +345,9 @@ def _render_frames(img, frames_path, target, media_cfg, progress, deadline) -> R
             with _decoding():
                 img.load()  # decode now: Pillow is lazy, and fit_image is not a decoder
                 flat = _flatten(img)
+            frame = to_pixels(fit_image(flat, target), target.pixel_format, target.rotation)
             with _writing():
-                writer.add(to_pixels(fit_image(flat, target), target.pixel_format), delay)
+                writer.add(frame, delay)
             total_ms += delay
             if progress:
                 progress((index + 1) / n_frames)
@@ -370,7 +378,8 @@ def render(path: str, frames_path: str, target: Target, media_cfg, **kwargs) -> 
 
 def write_thumb(frame: bytes, target: Target, path: str) -> None:
     """A PNG preview of the first rendered frame, scaled up crisply for the web page."""
-    img = frame_image(frame, target.width, target.height, target.pixel_format)
+    img = frame_image(frame, target.width, target.height, target.pixel_format,
+                      target.rotation)
     scale = max(1, min(THUMB_MAX[0] // target.width, THUMB_MAX[1] // target.height))
     if scale > 1:
         img = img.resize((target.width * scale, target.height * scale),
@@ -382,8 +391,10 @@ def write_thumb(frame: bytes, target: Target, path: str) -> None:
         os.fsync(fh.fileno())
 
 
-def frame_image(frame, width: int, height: int, pixel_format: str = "RGB24") -> Image.Image:
-    """A stored frame back as an RGB image (preview, thumbnails)."""
-    if pixel_format != "RGB24":
-        raise MediaError(500, "internal", f"pixel format {pixel_format} is not supported yet")
-    return Image.frombuffer("RGB", (width, height), bytes(frame), "raw", "RGB", 0, 1)
+def frame_image(frame, width: int, height: int, pixel_format: str = "RGB24",
+                rotation: int = 0) -> Image.Image:
+    """A stored frame back as an upright RGB image of width x height (preview, thumbnails)."""
+    try:
+        return pixels.decode(frame, width, height, pixel_format, rotation)
+    except ValueError as exc:
+        raise MediaError(500, "internal", str(exc)) from None

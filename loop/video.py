@@ -14,8 +14,10 @@ Nothing a client sends is parsed by ffmpeg's auto-detection:
 
 ffmpeg does the work the Pi should not do in Python: frame-rate cap (`media.max_fps`),
 scaling/padding/cropping for the fit mode (same geometry as images, `media.fit_geometry`),
-and conversion to the panel's pixel format. Raw frames are read in exact frame-sized chunks
-straight into the frame file, so one frame is in memory whatever the size of the video.
+and conversion to RGB24. Raw frames are read in exact frame-sized chunks straight into the
+frame file, so one frame is in memory whatever the size of the video. A panel that wants
+another pixel format or a rotation (a framebuffer) gets each frame through the same
+`media.to_pixels` as images, so both kinds of media are packed identically.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ import time
 from dataclasses import dataclass
 
 from loop.frames import PIXEL_FORMATS, FrameWriter
-from loop.media import MediaError, Rendered, Target, fit_geometry, is_pixel_art
+from loop.media import (
+    MediaError,
+    Rendered,
+    Target,
+    fit_geometry,
+    frame_image,
+    is_pixel_art,
+    to_pixels,
+)
 
 # demuxer forced with -f -> the format names ffprobe may report for it
 DEMUXERS = {"mov": ("mov", "mp4", "m4a", "3gp", "3g2", "mj2"),
@@ -43,7 +53,6 @@ QUICKTIME_ATOMS = (b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
 # ISO BMFF brands that are still images (AVIF, HEIF): those go to Pillow, never to ffmpeg
 IMAGE_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis",
                 b"hevm", b"hevs", b"mif1", b"msf1")
-FFMPEG_PIXEL_FORMATS = {"RGB24": "rgb24"}
 ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
             "LISTEN_FDNAMES")
 STDERR_TAIL = 4096  # bytes of a child's stderr kept for the error message
@@ -320,7 +329,7 @@ def filter_graph(info: Probe, target: Target, fps: float) -> str:
         steps.append(f"pad={target.width}:{target.height}:{x}:{y}:black")
     elif x < 0 or y < 0:
         steps.append(f"crop={target.width}:{target.height}:{-x}:{-y}")
-    steps.append(f"format={FFMPEG_PIXEL_FORMATS[target.pixel_format]}")
+    steps.append("format=rgb24")
     return ",".join(steps)
 
 
@@ -336,9 +345,6 @@ def render(path: str, container: Container, frames_path: str, target: Target, me
     if not ffmpeg or not ffprobe:
         raise MediaError(415, "unsupported_media", "video uploads need ffmpeg, which is not "
                          "installed on this device (apt install ffmpeg); images still work")
-    if target.pixel_format not in FFMPEG_PIXEL_FORMATS:
-        raise MediaError(500, "internal", f"pixel format {target.pixel_format} is not "
-                         "supported for video yet")
     if deadline is None:
         deadline = time.monotonic() + media_cfg.decode_timeout_sec
     path = os.path.abspath(path)
@@ -358,6 +364,8 @@ def _decode(ffmpeg, ffprobe, path, container, frames_path, target, media_cfg, pr
         raise MediaError(422, "invalid_media", f"video is {info.width}x{info.height}, more "
                          f"pixels than media.max_pixels = {media_cfg.max_pixels}")
     frame_size = target.width * target.height * PIXEL_FORMATS[target.pixel_format][1]
+    rgb_size = target.width * target.height * 3  # what ffmpeg sends
+    direct = target.pixel_format == "RGB24" and target.rotation == 0
     fps, budget, seconds, notes = plan(info, frame_size, media_cfg)
     expected = min(budget, max(1, math.ceil(min(info.duration or seconds, seconds) * fps)))
     argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",
@@ -365,15 +373,18 @@ def _decode(ffmpeg, ffprobe, path, container, frames_path, target, media_cfg, pr
             "-threads", DECODE_THREADS, "-f", container.demuxer, "-i", f"file:{path}",
             "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", filter_graph(info, target, fps),
             "-t", f"{seconds:.3f}", "-frames:v", str(budget),
-            "-f", "rawvideo", "-pix_fmt", FFMPEG_PIXEL_FORMATS[target.pixel_format], "pipe:1"]
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
     child = Child(argv, deadline)
     writer = FrameWriter(frames_path, target.width, target.height, target.pixel_format)
     try:
-        frame = memoryview(bytearray(frame_size))  # the one frame in memory
+        frame = memoryview(bytearray(rgb_size))  # the one frame in memory
         while writer.count < budget:
-            if child.readinto(frame) < frame_size:
+            if child.readinto(frame) < rgb_size:
                 break  # end of stream (a partial last frame is dropped)
-            writer.add(frame, frame_ms(writer.count, fps))
+            packed = frame if direct else to_pixels(
+                frame_image(frame, target.width, target.height), target.pixel_format,
+                target.rotation)
+            writer.add(packed, frame_ms(writer.count, fps))
             if progress:
                 progress(min(1.0, writer.count / expected))
         if writer.count >= budget:

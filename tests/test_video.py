@@ -265,3 +265,19 @@ def _status_kb(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise KeyError(key)
+
+
+@pytest.mark.parametrize("pixel_format, rotation", [("RGB565", 90), ("BGRX", 180),
+                                                     ("RGB24", 270)])
+def test_video_frames_are_packed_like_images(tmp_path, pixel_format, rotation):
+    """A framebuffer's pixel format and rotation: video frames go through the same packing."""
+    source = bands((32, 8), [R, G, B, Y])
+    path = tmp_path / "in.avi"
+    path.write_bytes(lossless_video(source, "avi"))
+    out = str(tmp_path / "frames.bin")
+    target = media.Target(64, 32, pixel_format, "contain", rotation)
+    media.render(str(path), out, target, config.defaults().media)
+    frames = FrameFile(out)
+    assert frames.pixel_format == pixel_format
+    want = media.to_pixels(media.fit_image(source, target), pixel_format, rotation)
+    assert bytes(frames.frame(0)) == want
