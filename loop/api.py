@@ -17,6 +17,7 @@ import math
 import mimetypes
 import os
 import re
+import zlib
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -360,7 +361,12 @@ class Api:
         out["notes"] = meta.get("notes", [])
         out["in_loop"] = meta["id"] in self.app.store.view.loop
         out["quarantined"] = meta["id"] in self.app.player.quarantined
-        out["thumb"] = f"/api/media/{meta['id']}/thumb.png"
+        out["pending"] = meta["id"] in self.app.store.view.pending  # waits for a re-render
+        # The id is a content hash, but a re-render (new fit or panel) changes the picture:
+        # the query names the rendering so an immutable cache never shows a stale one.
+        render = meta.get("render") or {}
+        version = zlib.crc32(json.dumps(render, sort_keys=True).encode()) & 0xFFFFFFFF
+        out["thumb"] = f"/api/media/{meta['id']}/thumb.png?v={version:08x}"
         return out
 
     # ---- static ------------------------------------------------------------------------
@@ -550,6 +556,9 @@ class Api:
         if not isinstance(item_id, str):
             raise ApiError(422, "validation_failed", "id must be an item id")
         self._item(item_id)
+        if item_id in self.app.store.view.pending:
+            raise ApiError(409, "conflict", "that item is being re-rendered for the panel; "
+                           "it plays when that is done")
         status = self.app.player.command("select", item_id=item_id)
         return envelope(200, status.as_dict(self.app.player.frame_index))
 

@@ -19,6 +19,7 @@ import time
 from loop import __version__, config, display, media, server
 from loop.api import Api
 from loop.breaker import Breaker
+from loop.maintenance import Maintenance
 from loop.monitor import Monitor
 from loop.player import Player
 from loop.sdnotify import Notifier
@@ -64,6 +65,9 @@ class App:
         self.jobs = Jobs(cfg.processing.job_cleanup_hours * 3600)
         self.slots = threading.BoundedSemaphore(cfg.processing.max_concurrent_jobs)
         self.intake = Intake(self.store, self.jobs, cfg, self.target, self.slots)
+        self.maintenance = Maintenance(self.store, self.jobs, self.slots, self.target,
+                                       lambda: self.cfg, self._library_changed)
+        self.intake.after_commit = self.maintenance.schedule
         self.api = Api(self)
         self.breaker = Breaker(cfg.display.breaker_max_failures,
                                cfg.display.slow_call_ms / 1000, cfg.display.breaker_reset_sec,
@@ -94,18 +98,22 @@ class App:
             log.warning("display: %s", self.display_reason)
         self._drop_privileges()
         self.store.open()
+        backlog = self.maintenance.mark()  # before anything plays: stale frames stay dark
+        if backlog:
+            log.info("%d item(s) wait to be re-rendered for %s", len(backlog), self.target())
         self.player = Player(self.store, self.driver, self.breaker, self.cfg,
                              hint_lines=self.url_lines())
         self.monitor = Monitor(self, self.notifier)
-        self.player.start()
-        if self.cfg.display.boot_screen_sec > 0:
+        if self.cfg.display.boot_screen_sec > 0:  # queued first: the first thing shown
             self.player.screen(["LOOP"] + self.url_lines(), self.cfg.display.boot_screen_sec)
+        self.player.start()
         self.player.command("library", wait=False)
         self.serve()
         self.monitor.start()
         host, port = self.server.server_address[:2]
         print(f"LOOP listening on http://{host}:{port}", file=sys.stderr, flush=True)
         self.notifier.ready(f"serving on port {port}")
+        self.maintenance.schedule()  # after READY=1: re-rendering never delays start-up
 
     def serve(self) -> None:
         """Run the HTTP accept loop on its thread (its poll is the HTTP heartbeat)."""
@@ -132,6 +140,7 @@ class App:
             if self.server.in_flight:
                 log.warning("%d request(s) still running at the shutdown deadline",
                             self.server.in_flight)
+        self.maintenance.stop(max(0.5, deadline - time.monotonic()))
         if self.player is not None:
             self.player.stop(max(0.5, deadline - time.monotonic()))
         if self.driver is not None:
@@ -257,7 +266,14 @@ class App:
         return under_systemd
 
     def set_fit(self, fit: str) -> None:
+        """A new fit mode: items rendered for another one wait for the maintenance thread."""
         self.store.update_settings(durable=True, fit=fit)
+        self.maintenance.schedule()
+        self._library_changed()
+
+    def _library_changed(self) -> None:
+        if self.player is not None:
+            self.player.command("library", wait=False)
 
     def display_status(self) -> str:
         if self.player.brightness == 0:
@@ -302,9 +318,11 @@ class App:
         checks["privileges"] = dict(self.privileges, status="ok", reason=None
                                     if self.privileges["dropped"] or os.geteuid() != 0
                                     else "running as root")
-        checks["storage"] = {"status": "ok", "reason": None,
+        checks["storage"] = {"status": "degraded" if self.store.write_error else "ok",
+                             "reason": self.store.write_error,
                              "recovery": self.store.recovery, "index_writes":
-                             self.store.index_writes}
+                             self.store.index_writes,
+                             "pending_render": len(self.store.view.pending)}
         checks["http"] = dict({"status": "ok", "reason": None}, **self.server.counters.as_dict())
         statuses = [c["status"] for c in checks.values()]
         status = "failing" if "failing" in statuses else (
