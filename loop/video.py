@@ -57,6 +57,7 @@ ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LIS
             "LISTEN_FDNAMES")
 STDERR_TAIL = 4096  # bytes of a child's stderr kept for the error message
 PROBE_OUTPUT_MAX = 64 * 1024
+CHILD_NICE = 10  # ffmpeg/ffprobe yield the CPU to the display thread and the HTTP threads
 DECODE_THREADS = "2"  # decoder threads per ffmpeg: 3 jobs x 2 threads on a 4-core Pi
 MIN_FPS_FACTOR = 4  # the item budget lowers the frame rate at most this much, then cuts
 
@@ -130,6 +131,10 @@ class Child:
         except OSError as exc:  # not executable, wrong architecture, ...
             raise MediaError(415, "unsupported_media", f"video uploads need a working "
                              f"{os.path.basename(argv[0])}: {exc.strerror or exc}") from None
+        try:  # before ffmpeg starts its threads (they inherit it): the panel and the API first
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, CHILD_NICE)
+        except OSError:
+            pass
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.proc.stdout, selectors.EVENT_READ, "out")
         self._selector.register(self.proc.stderr, selectors.EVENT_READ, "err")
