@@ -17,8 +17,8 @@ import math
 import mimetypes
 import os
 import re
-import zlib
 import socket
+import zlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
