@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import multipart
 
-from loop import __version__, media, metrics, screens
+from loop import __version__, media, metrics, schedule, screens
 from loop.config import FITS
 from loop.media import MediaError
 from loop.player import MODES
@@ -110,6 +110,10 @@ ROUTES = [
            "what the panel shows now (?scale=)"),
     _route("POST", "/api/display/reset", "reset_display", "control",
            "clear the panel's crash marker and breaker, then restart the service"),
+    _route("GET", "/api/schedule", "get_schedule", "poll",
+           "night/dim rules, their time zone and what they want now"),
+    _route("PUT", "/api/schedule", "put_schedule", "control",
+           "replace the night/dim rules: {\"rules\": [{days, start, end, brightness}]}"),
     _route("GET", "/metrics", "metrics", "poll",
            "Prometheus text exposition of the health numbers"),
     _route("GET", "/{asset}", "asset", "static", "dashboard scripts and styles"),
@@ -397,10 +401,34 @@ class Api:
         if "fit" in body and body["fit"] not in FITS:
             raise ApiError(422, "validation_failed", "fit must be contain, cover or stretch")
         if "brightness" in body:
-            self.app.player.command("brightness", value=body["brightness"])
+            self.app.set_brightness(body["brightness"])
         if "fit" in body:
             self.app.set_fit(body["fit"])
         return envelope(200, self.app.display_state())
+
+    # ---- schedule ----------------------------------------------------------------------
+    def get_schedule(self, request):
+        return envelope(200, self._schedule_data())
+
+    def put_schedule(self, request):
+        body = self._json_body(request)
+        unknown = set(body) - {"rules"}
+        if unknown:
+            raise ApiError(422, "validation_failed", f"{sorted(unknown)[0][:40]} cannot be set "
+                           "here; send {\"rules\": [...]}")
+        if "rules" not in body:
+            raise ApiError(422, "validation_failed", "rules: is required (a list, may be empty)")
+        try:
+            self.app.scheduler.set_rules(body["rules"])
+        except schedule.RuleError as exc:
+            raise ApiError(422, "validation_failed", str(exc)) from None
+        return envelope(200, self._schedule_data(), "schedule saved")
+
+    def _schedule_data(self) -> dict:
+        scheduler = self.app.scheduler
+        return {"rules": [rule.as_dict() for rule in scheduler.rules],
+                "now": scheduler.now().isoformat(timespec="seconds"),
+                "state": scheduler.status()}
 
     def reset_display(self, request):
         restarting = self.app.reset_display()

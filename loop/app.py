@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from loop import __version__, config, display, media, server
+from loop import __version__, config, display, media, schedule, server
 from loop.api import Api
 from loop.breaker import Breaker
 from loop.monitor import Monitor
@@ -34,7 +34,7 @@ RESTART_KEYS = ("web.host", "web.port", "web.max_concurrent_requests", "system.d
                 "system.user", "processing.max_concurrent_jobs") + tuple(
     f"display.{k}" for k in config.SCHEMA["display"] if k not in ("brightness", "fit"))
 # Keys that are only defaults of runtime settings: a reload never overrides what people set.
-FIRST_START_KEYS = ("display.brightness", "display.fit")
+FIRST_START_KEYS = ("display.brightness", "display.fit", "schedule.rules")
 
 
 class App:
@@ -60,6 +60,11 @@ class App:
         self.store = Store(cfg.system.data_dir, {
             "brightness": cfg.display.brightness, "fit": cfg.display.fit, "mode": "all",
             "current": None})
+        self._zone_cache: tuple[str, object] | None = None
+        self.scheduler = schedule.Scheduler(
+            self.store, self.zone, default_rules=cfg.schedule.rules,
+            apply=self._apply_brightness,
+            current=lambda: self.player.brightness if self.player is not None else None)
         self.jobs = Jobs(cfg.processing.job_cleanup_hours * 3600)
         self.slots = threading.BoundedSemaphore(cfg.processing.max_concurrent_jobs)
         self.intake = Intake(self.store, self.jobs, cfg, self.target, self.slots)
@@ -90,8 +95,11 @@ class App:
             log.warning("display: %s", self.display_reason)
         self._drop_privileges()
         self.store.open()
+        self.scheduler.load()
+        # the schedule is evaluated before anything shows: a boot at 03:00 starts dimmed
+        boot = self.scheduler.evaluate("start-up")
         self.player = Player(self.store, self.driver, self.breaker, self.cfg,
-                             hint_lines=self.url_lines())
+                             hint_lines=self.url_lines(), brightness=boot.brightness)
         self.monitor = Monitor(self, self.notifier)
         self.player.start()
         if self.cfg.display.boot_screen_sec > 0:
@@ -195,6 +203,9 @@ class App:
         if self.player is not None:
             self.player.cfg = self.cfg
         self.jobs.keep_sec = self.cfg.processing.job_cleanup_hours * 3600
+        self._zone_cache = None  # the zone name, or the system's zone, may have changed
+        self.scheduler.default_rules = self.cfg.schedule.rules
+        self.scheduler.load()
         if self.server is not None:
             self.server.reconfigure(self.cfg.web)
         logging.getLogger().setLevel(self.cfg.system.log_level)
@@ -274,6 +285,25 @@ class App:
             self.request_stop(EXIT_RESTART)
         return under_systemd
 
+    def zone(self):
+        """The schedule's time zone (schedule.timezone, else the system's), cached until a
+        reload."""
+        name = self.cfg.schedule.timezone
+        if self._zone_cache is None or self._zone_cache[0] != name:
+            self._zone_cache = (name, schedule.zone_named(name))
+        return self._zone_cache[1]
+
+    def set_brightness(self, value: int) -> None:
+        """A brightness set by hand: the schedule decides whether it is the new manual
+        brightness or an override until the next rule boundary."""
+        decision = self.scheduler.set_brightness(value)
+        self.player.command("brightness", value=decision.brightness, remember=False)
+
+    def _apply_brightness(self, value: int) -> None:
+        """The schedule's wanted brightness (monitor thread: never waits for the player)."""
+        if self.player is not None:
+            self.player.command("brightness", value=value, remember=False, wait=False)
+
     def set_fit(self, fit: str) -> None:
         self.store.update_settings(durable=True, fit=fit)
 
@@ -299,11 +329,12 @@ class App:
         display_status = self.display_status()
         jobs_active = self.jobs.active
         version = f"{player.version}.{view.version}.{self.jobs.version}.{breaker}." \
-                  f"{display_status}"
+                  f"{display_status}.{self.scheduler.version}"
         data = {"player": player.as_dict(self.player.frame_index),
                 "display": {"driver": self.driver.name, "status": display_status,
                             "breaker": breaker},
                 "library": {"items": len(view.items), "bytes": view.bytes},
+                "schedule": self.scheduler.status(),
                 "jobs_active": jobs_active, "version": version}
         return data, version
 

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
+from loop import schedule
+
 
 class ConfigError(Exception):
     """A bad configuration file, key or value; the message names the key and what is allowed."""
@@ -51,6 +53,14 @@ def _str_list(value):
 def _rgb_sequence(value):
     if sorted(value.upper()) != ["B", "G", "R"]:
         return "must be a permutation of RGB (e.g. RGB, RBG, GRB)"
+    return None
+
+
+def _schedule_rules(value):
+    try:
+        schedule.parse_rules(list(value))
+    except schedule.RuleError as exc:
+        return str(exc)
     return None
 
 
@@ -166,6 +176,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rate_table_size": Key(1024, int, "clients tracked by the rate limiter", 1, 1_000_000),
         "access_log": Key(True, bool, "log one line per non-polling request"),
     },
+    "schedule": {
+        "rules": Key([], list, "night/dim rules at first start, e.g. [{\"days\": [], \"start\": "
+                     "\"22:00\", \"end\": \"07:00\", \"brightness\": 10}]; the runtime "
+                     "setting (PUT /api/schedule) overrides them", check=_schedule_rules),
+        "timezone": Key("", str, "IANA zone the rules' times are in, e.g. Europe/Berlin; "
+                        "empty = the system's local zone", check=schedule.check_zone_name),
+    },
     "system": {
         "data_dir": Key("/var/lib/loop", str, "media library and runtime settings"),
         "user": Key("loop", str, "service user to drop to when started as root"),
@@ -207,6 +224,7 @@ class Config:
     media: Any
     processing: Any
     web: Any
+    schedule: Any
     system: Any
 
     def as_dict(self) -> dict:
