@@ -1,19 +1,25 @@
-"""The routes: parse a request, call a component, answer with the JSON envelope.
+"""The routes: check a request, parse it, call a component, answer with the JSON envelope.
 
-No business logic lives here. Errors are values at the edges: `ApiError`, `MediaError` and
-`HttpError` all become the failure envelope in `handle`, the one place that does so.
+No business logic lives here. `Api.handle` runs the design's checks in their fixed order
+(allowlist, Host, admission, rate limit, token, cross-site guard, framing, route), then the
+route's handler. Errors are values at the edges: `ApiError`, `MediaError` and `HttpError` all
+become the failure envelope in `handle`, the one place that does so.
 """
 
 from __future__ import annotations
 
+import hmac
 import io
+import ipaddress
 import json
 import logging
 import math
 import mimetypes
 import os
 import re
+import socket
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import multipart
 
@@ -21,6 +27,7 @@ from loop import __version__, media, metrics, schedule, screens
 from loop.config import FITS
 from loop.media import MediaError
 from loop.player import MODES
+from loop.ratelimit import retry_after
 from loop.server import HttpError, Request, Response
 from loop.store import MAX_NAME, valid_id
 from loop.uploads import UPLOAD_ID
@@ -121,19 +128,171 @@ ROUTES = [
 TRANSPORT = ("play", "pause", "toggle", "next", "previous")
 
 
+# Requests to no known path (scanners, typos) are rate-limited like control requests.
+UNKNOWN_ROUTE = Route("", re.compile(r"\A\Z"), "", "control", "")
+
+
+def _no_route(request: Request, allowed: list[Route]) -> ApiError:
+    if allowed:
+        methods = {r.method for r in allowed}
+        allow = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
+        return ApiError(405, "method_not_allowed", f"{request.method} is not allowed here",
+                        {"Allow": allow})
+    return ApiError(404, "not_found", f"no such resource: {request.path[:100]}")
+
+
+# ---- access rules ------------------------------------------------------------------------
+SAFE_METHODS = ("GET", "HEAD")  # everything else changes something: token and Origin rules
+BACKUP_PATH = "/api/backup"     # a GET that still needs the token: it hands out the library
+_HOST_NAME = re.compile(r"[a-z0-9._%:-]+")
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """`name[:port]` or `[v6][:port]` as (lower-case name, port); None when malformed."""
+    value = value.strip()
+    if value.startswith("["):
+        name, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:] if rest else None
+    else:
+        name, sep, port = value.partition(":")
+        port = port if sep else None
+    if port is not None and not re.fullmatch(r"[0-9]{1,5}", port):
+        return None
+    name = name.rstrip(".").lower()
+    if not name or not _HOST_NAME.fullmatch(name):
+        return None
+    return name, int(port) if port else None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def machine_names(hostname: str | None = None) -> set[str]:
+    """The names this device answers to: localhost, its host name, `<hostname>.local`."""
+    name = (hostname or socket.gethostname()).rstrip(".").lower()
+    short = name.split(".")[0]
+    return {"localhost", name, short, f"{name}.local", f"{short}.local"}
+
+
+class Access:
+    """The access rules of the design's security paragraph, for one `web` config."""
+
+    def __init__(self, web, hostname: str | None = None):
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in web.allow_networks]
+        self.token = web.api_token.encode("utf-8")
+        self.any_host = "*" in web.allowed_hosts
+        extra = {parsed[0] for parsed in map(split_host, web.allowed_hosts) if parsed}
+        self.hosts = machine_names(hostname) | extra
+
+    def check_network(self, request: Request) -> None:
+        """`web.allow_networks`: when set, other client addresses get 403."""
+        if not self.networks:
+            return
+        try:
+            ip = ipaddress.ip_address(request.client.split("%", 1)[0])
+            ip = getattr(ip, "ipv4_mapped", None) or ip
+        except ValueError:
+            ip = None
+        if ip is None or not any(ip in net for net in self.networks):
+            raise ApiError(403, "forbidden", "this client address is not in web.allow_networks")
+
+    def check_host(self, request: Request) -> None:
+        """The DNS-rebinding guard: the Host must be an IP literal or a name of this device."""
+        values = request.headers.get_all("Host") or []
+        if not values:
+            if request.version >= "HTTP/1.1":
+                raise ApiError(400, "bad_request", "an HTTP/1.1 request needs a Host header")
+            return
+        parsed = split_host(values[0]) if len(values) == 1 else None
+        if parsed is None:
+            raise ApiError(400, "bad_request", "malformed or repeated Host header")
+        name = parsed[0]
+        if not (self.any_host or name in self.hosts or _is_ip(name)):
+            raise ApiError(421, "forbidden", f"this device does not answer to the name "
+                           f"{name[:100]!r}; an operator can add it to web.allowed_hosts")
+
+    def check_token(self, request: Request) -> None:
+        """`web.api_token`: changes (and the backup download) need `Authorization: Bearer`."""
+        if not self.token:
+            return
+        if request.method in SAFE_METHODS and request.path.rstrip("/") != BACKUP_PATH:
+            return
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
+            raise ApiError(401, "unauthorized", "this request needs the API token: "
+                           "Authorization: Bearer <web.api_token>",
+                           {"WWW-Authenticate": 'Bearer realm="loop"'})
+        # header values arrive as latin-1 text: back to the bytes the client sent
+        if not hmac.compare_digest(given.encode("latin-1", "replace"), self.token):
+            raise ApiError(401, "unauthorized", "wrong API token",
+                           {"WWW-Authenticate": 'Bearer realm="loop", error="invalid_token"'})
+
+    def check_origin(self, request: Request) -> None:
+        """The cross-site guard: a browser may not change anything from another site's page.
+        Requests without `Origin` (curl, scripts) pass; `Origin: null` does not."""
+        if request.method in SAFE_METHODS:
+            return
+        if request.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+            raise ApiError(403, "forbidden", "cross-site requests cannot change anything")
+        origins = request.headers.get_all("Origin") or []
+        if not origins:
+            return
+        if len(origins) > 1 or not _same_origin(origins[0], request.headers.get("Host")):
+            raise ApiError(403, "forbidden", "requests from another site's page cannot "
+                           "change anything")
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or host is None:
+        return False
+    theirs, ours = split_host(parts.netloc), split_host(host)
+    if theirs is None or ours is None:
+        return False
+    default = 443 if parts.scheme == "https" else 80
+    return theirs[0] == ours[0] and (theirs[1] or default) == (ours[1] or default)
+
+
 class Api:
     """Route table and handlers over the components `app` wires together."""
 
     def __init__(self, app):
         self.app = app
+        self._access: tuple | None = None
 
     # ---- dispatch ----------------------------------------------------------------------
-    def handle(self, request: Request) -> Response:
-        """Answer one request; every failure becomes the envelope here."""
+    def handle(self, request: Request, front) -> Response:
+        """Answer one request; every failure becomes the envelope here.
+
+        The checks run in the design's order and the first failure wins. `front` is the
+        connection's handler in `loop.server`: it owns the transport steps, the admission
+        slot (held while the route works, not while the answer is written) and the framing
+        of the body.
+        """
         route = None
         try:
-            route, params = self._match(request)
-            response = getattr(self, route.handler)(request, **params)
+            access = self.access()
+            access.check_network(request)                  # 403
+            access.check_host(request)                     # 400 / 421
+            with front.admission():                        # 503 + Retry-After
+                route, params, allowed = self._match(request)
+                request.rate_class = (route or (allowed[0] if allowed else None) or
+                                      UNKNOWN_ROUTE).rate
+                self._rate_limit(front.limiter, request)   # 429 + Retry-After
+                access.check_token(request)                # 401 + WWW-Authenticate
+                access.check_origin(request)               # 403
+                request.body = front.frame_body(self.body_limit())  # 400/411/413/501
+                if route is None:                          # 404 / 405 + Allow
+                    raise _no_route(request, allowed)
+                response = getattr(self, route.handler)(request, **params)
         except (ApiError, MediaError, HttpError) as exc:
             response = envelope_error(exc.status, exc.code, exc.message)
             response.headers.update(getattr(exc, "headers", {}))
@@ -143,20 +302,38 @@ class Api:
         response.route_class = route.rate if route is not None else "none"
         return response
 
-    def _match(self, request: Request):
+    def access(self) -> Access:
+        """The access rules for the current `web` config (rebuilt after a reload)."""
+        web = self.app.cfg.web
+        cached = self._access
+        if cached is None or cached[0] is not web:
+            cached = self._access = (web, Access(web))
+        return cached[1]
+
+    def body_limit(self) -> int:
+        """The largest request body any route takes: `media.max_upload_mb`, in bytes."""
+        return int(self.app.cfg.media.max_upload_mb * 1024 * 1024)
+
+    @staticmethod
+    def _rate_limit(limiter, request: Request) -> None:
+        wait = limiter.check(request.client_key, request.rate_class)
+        if wait > 0:
+            after = retry_after(wait)
+            raise ApiError(429, "rate_limited", f"too many {request.rate_class} requests from "
+                           f"this client; retry in {after} s", {"Retry-After": after})
+
+    @staticmethod
+    def _match(request: Request):
+        """(route, params, routes of this path with other methods)."""
         method = "GET" if request.method == "HEAD" else request.method
         allowed = []
         for route in ROUTES:
             match = route.pattern.match(request.path)
             if match:
                 if route.method == method:
-                    return route, match.groupdict()
-                allowed.append(route.method)
-        if allowed:
-            allow = ", ".join(sorted(set(allowed) | ({"HEAD"} if "GET" in allowed else set())))
-            raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here",
-                           {"Allow": allow})
-        raise ApiError(404, "not_found", f"no such resource: {request.path[:100]}")
+                    return route, match.groupdict(), []
+                allowed.append(route)
+        return None, {}, allowed
 
     # ---- request helpers ---------------------------------------------------------------
     def _json_body(self, request: Request) -> dict:

@@ -152,11 +152,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                   0.05, 3600),
         "header_timeout_sec": Key(10.0, float, "the request head must arrive within this",
                                   0.05, 600),
-        "request_timeout_seconds": Key(300.0, float, "a request body must arrive within this",
-                                       0.1, 86400),
+        "request_timeout_seconds": Key(300.0, float, "a request body must arrive within "
+                                       "this; also bounds writing one response", 0.1, 86400),
         "min_body_rate_kbps": Key(8.0, float, "slowest body rate accepted after the grace "
                                   "period (KiB/s)", 0, 1_000_000),
         "body_grace_sec": Key(5.0, float, "seconds before the body rate is enforced", 0, 3600),
+        "linger_sec": Key(2.0, float, "after refusing a request whose body is not read (no "
+                          "usable length, or over the upload limit), read and discard for at "
+                          "most this long before closing, so the client sees the answer, "
+                          "not a reset", 0, 60),
         "api_token": Key("", str, "bearer token for every mutating request; empty = none"),
         "allow_networks": Key([], list, "client CIDRs allowed; empty = everyone",
                               check=_cidr_list),

@@ -162,7 +162,7 @@ def render_app(app) -> str:
     limiter = getattr(server, "limiter", None)
     rejections = {
         "connection_limit": counters.connections_rejected,  # 503 before a thread exists
-        "admission": counters.rejected_busy,  # 503: no request slot in time
+        "admission": counters.rejected,  # 503: no request slot in time
         "load_shedding": monitor.shed_uploads,  # 503: uploads while memory is over a line
         "rate_limit": getattr(limiter, "rejected", 0),  # 429
     }

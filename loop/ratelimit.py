@@ -9,6 +9,7 @@ bound is that such a flood can give a real client a fresh burst, never that it i
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -95,3 +96,17 @@ class RateLimiter:
         if elapsed > 0:
             bucket.tokens = min(float(burst), bucket.tokens + elapsed * rate)
             bucket.stamp = now
+
+
+CLASSES = ("poll", "control", "upload", "static")
+
+
+def rate_classes(web) -> dict[str, tuple[float, int]]:
+    """The classes of the `web` config section: name -> (tokens per second, burst)."""
+    return {name: (getattr(web, f"rate_{name}_per_sec"), getattr(web, f"rate_{name}_burst"))
+            for name in CLASSES}
+
+
+def retry_after(seconds: float) -> str:
+    """A `Retry-After` value: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))

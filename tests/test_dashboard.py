@@ -513,8 +513,7 @@ def test_connection_loss_shows_reconnecting_and_recovers_without_reload(ui, loop
 
 def test_token_is_asked_once_on_401_and_kept(browser, loop_server):
     probe = loop_server.call("PUT", "/api/playback/mode", json_body={"mode": "all"}, token=None)
-    if probe.status != 401:
-        pytest.skip(f"the server does not enforce web.api_token yet (got {probe.status})")
+    assert probe.status == 401, probe
     ui = new_page(browser, with_token=False)
     try:
         page = ui.open(loop_server)

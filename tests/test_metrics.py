@@ -4,7 +4,6 @@ import dataclasses
 import math
 import re
 import socket
-import types
 
 import pytest
 from conftest import Client, gif_bytes, make_config, png_bytes, wait_for
@@ -257,16 +256,20 @@ def test_metrics_carry_the_services_numbers(make_app, notify_path):
 
 
 def test_503_and_429_are_counted(make_app):
-    app = make_app(**{"system.monitor_interval_sec": 0.05})
+    app = make_app(**{"system.monitor_interval_sec": 0.05, "web.rate_control_burst": 2,
+                      "web.rate_control_per_sec": 0.01})
     client = Client(app.server.port)
     real = app.monitor.measure
     app.monitor.source = lambda: dataclasses.replace(real(), rss_mb=1e6)
     wait_for(lambda: app.monitor.shedding)
     assert client.post("/api/media?name=a.png", body=png_bytes()).status == 503
-    app.server.limiter = types.SimpleNamespace(rejected=4)  # the rate limiter's own count
+    refused = [client.post("/api/playback/next").status for _ in range(6)]
+    assert refused.count(429) == 4  # a burst of 2, then the limiter says no
     families = scrape(client)
     assert value(families, "loop_http_rejected_total", reason="load_shedding") == 1
     assert value(families, "loop_http_rejected_total", reason="rate_limit") == 4
+    assert value(families, "loop_http_requests_total",
+                 **{"class": "control", "status": "429"}) == 4
     assert value(families, "loop_http_requests_total",
                  **{"class": "upload", "status": "503"}) == 1
     assert value(families, "loop_memory_shedding") == 1

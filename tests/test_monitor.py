@@ -274,7 +274,7 @@ def test_the_tmp_sweep_spares_young_entries_and_running_jobs(fast_app):
 
 
 def test_many_brightness_changes_cost_few_index_writes(fast_app):
-    app = fast_app(**{"system.settings_flush_sec": 0.3})
+    app = fast_app(**{"system.settings_flush_sec": 0.3, "web.rate_control_burst": 1000})
     client = Client(app.server.port)
     writes = app.store.index_writes
     started = time.monotonic()
