@@ -16,13 +16,13 @@ import sys
 import threading
 import time
 
-from loop import __version__, config, display, media, schedule, server
+from loop import __version__, backup, config, display, media, schedule, server
 from loop.api import Api
 from loop.breaker import Breaker
 from loop.monitor import Monitor
 from loop.player import Player
 from loop.sdnotify import Notifier
-from loop.store import Store
+from loop.store import Store, lock_data_dir
 from loop.uploads import Intake, Jobs
 
 log = logging.getLogger("loop.app")
@@ -66,6 +66,8 @@ class App:
             apply=self._apply_brightness,
             current=lambda: self.player.brightness if self.player is not None else None)
         self.jobs = Jobs(cfg.processing.job_cleanup_hours * 3600)
+        self._restoring = threading.Lock()  # one restore at a time
+        self._data_lock: int | None = None  # fd holding DATA/loop.lock while running
         self.slots = threading.BoundedSemaphore(cfg.processing.max_concurrent_jobs)
         self.intake = Intake(self.store, self.jobs, cfg, self.target, self.slots)
         self.api = Api(self)
@@ -83,6 +85,7 @@ class App:
     def start(self) -> None:
         """Bring the service up in the design's order; raises on a fatal start-up error."""
         os.makedirs(self.cfg.system.data_dir, exist_ok=True)
+        self._data_lock = lock_data_dir(self.cfg.system.data_dir)
         self.server = server.bind(self.cfg.web.host, self.cfg.web.port, self.cfg.web, self.api)
         self._set_service_groups()
         if self._driver is not None:
@@ -145,6 +148,9 @@ class App:
                 log.warning("display close failed: %s", exc)
         self.store.flush()
         self.notifier.close()
+        if self._data_lock is not None:
+            os.close(self._data_lock)
+            self._data_lock = None
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; SIGHUP reloads config.json. Returns the exit status."""
@@ -285,6 +291,55 @@ class App:
             self.request_stop(EXIT_RESTART)
         return under_systemd
 
+    def restore(self, read, length: int | None = None) -> dict:
+        """Replace the library with a backup read from `read(n)` (see loop/backup.py), then
+        move the player, the schedule and the renderer to it. A refused archive raises and
+        leaves the library exactly as it was."""
+        if not self._restoring.acquire(blocking=False):
+            raise media.MediaError(409, "conflict", "a restore is already running")
+        try:
+            job = self.jobs.create("restore")
+            limit = int(self.cfg.media.max_restore_mb * 1024 * 1024)
+            try:
+                report = backup.restore(
+                    self.store, read, limit=limit, length=length,
+                    max_item_bytes=int(self.cfg.media.max_upload_mb * 1024 * 1024),
+                    progress=lambda got: self.jobs.update(
+                        job, progress=got / length if length else None))
+            except BaseException as exc:
+                message = getattr(exc, "message", None) or "restore aborted"
+                self.jobs.update(job, stage="failed", error=message)
+                raise
+            self.jobs.update(job, stage="done", progress=1.0)
+        finally:
+            self._restoring.release()
+        self._library_restored()
+        report["rendering"] = len(report["added"])
+        return report
+
+    def _library_restored(self) -> None:
+        """After a restore: the schedule and the mode may have changed, new items need frames
+        for this panel, and the player moves to the restored library."""
+        self.scheduler.load()
+        self.scheduler.evaluate("library restored")
+        if self.player is not None:
+            mode = self.store.settings.get("mode", "all")
+            if mode != self.player.mode:
+                self.player.command("mode", mode=mode, wait=False)
+        self.render_library()
+        if self.player is not None:
+            self.player.command("library", wait=False)
+
+    def render_library(self) -> None:
+        """Render every item whose frames do not fit the current panel (restored items have
+        none yet): the maintenance thread's job."""
+        maintenance = getattr(self, "maintenance", None)
+        if maintenance is None:
+            log.warning("no maintenance thread to render restored items; they render at the "
+                        "next start")
+            return
+        maintenance.schedule()
+
     def zone(self):
         """The schedule's time zone (schedule.timezone, else the system's), cached until a
         reload."""
@@ -400,6 +455,8 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
     logging.basicConfig(level=cfg.system.log_level, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "command", None) in ("backup", "restore"):
+        return backup.command(args, cfg)
     app = App(cfg, args=args)
     try:
         return app.run()

@@ -358,18 +358,45 @@ FLAG_KEYS = {"data_dir": "system.data_dir", "host": "web.host", "port": "web.por
              "display": "display.driver"}
 
 
+def _add_flags(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+    # On a subcommand the flags default to SUPPRESS, so they do not overwrite values given
+    # before the subcommand (`loop.py --data-dir D backup` and `loop.py backup --data-dir D`).
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config", default=argparse.SUPPRESS if suppress else
+                        os.environ.get("LOOP_CONFIG", "config.json"),
+                        help="path of config.json (default: ./config.json or $LOOP_CONFIG)")
+    parser.add_argument("--data-dir", default=default,
+                        help="data directory (system.data_dir)")
+    parser.add_argument("--host", default=default, help="address to listen on (web.host)")
+    parser.add_argument("--port", type=int, default=default,
+                        help="TCP port, 0 = any free port (web.port)")
+    parser.add_argument("--display", choices=DRIVERS, default=default,
+                        help="display driver (display.driver)")
+
+
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loop.py",
         description="LOOP: upload GIFs, images and videos over HTTP and loop them on an LED "
                     "matrix. Settings come from config.json, then LOOP_<SECTION>__<KEY> "
-                    "environment variables, then these flags.")
-    parser.add_argument("--config", default=os.environ.get("LOOP_CONFIG", "config.json"),
-                        help="path of config.json (default: ./config.json or $LOOP_CONFIG)")
-    parser.add_argument("--data-dir", help="data directory (system.data_dir)")
-    parser.add_argument("--host", help="address to listen on (web.host)")
-    parser.add_argument("--port", type=int, help="TCP port, 0 = any free port (web.port)")
-    parser.add_argument("--display", choices=DRIVERS, help="display driver (display.driver)")
+                    "environment variables, then these flags. Without a command it runs the "
+                    "service.")
+    _add_flags(parser)
+    commands = parser.add_subparsers(dest="command", metavar="{backup,restore}")
+    backup = commands.add_parser(
+        "backup", help="write a backup of the library (tar) to stdout or --output",
+        description="Write the library (index, each item's meta.json and original, the "
+                    "runtime settings; no frames) as a tar. Safe while the service runs.")
+    _add_flags(backup, suppress=True)
+    backup.add_argument("--output", "-o", help="write to this file instead of stdout")
+    restore = commands.add_parser(
+        "restore", help="replace the library with a backup (tar) from stdin or --input",
+        description="Check a backup completely, then swap it in (the old library stays "
+                    "intact if anything is wrong). The service must be stopped; restored "
+                    "items are rendered for the panel when it starts. Run it as the service "
+                    "user, or as root (files are then given to the data directory's owner).")
+    _add_flags(restore, suppress=True)
+    restore.add_argument("--input", "-i", help="read from this file instead of stdin")
     return parser
 
 
