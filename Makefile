@@ -34,8 +34,13 @@ uninstall:
 rollback:
 	sh deploy/install.sh --rollback
 
+# On the Pi: `sudo make selftest` tests the installed app with the installed venv (where the
+# LED binding lives) and config; SELFTEST_ARGS passes flags, e.g. SELFTEST_ARGS=--stop-service
+# or --json. Off a Pi (or before `make install`) it uses this tree and $(PYTHON).
 selftest:
-	$(PYTHON) loop.py --config $${LOOP_CONFIG:-/etc/loop/config.json} --selftest
+	@prefix=$${PREFIX:-/opt/loop}; py=$$prefix/venv/bin/python; app=$$prefix/app/loop.py; \
+	[ -x "$$py" ] || py=$(PYTHON); [ -f "$$app" ] || app=loop.py; \
+	"$$py" "$$app" --config "$${LOOP_CONFIG:-/etc/loop/config.json}" --selftest $(SELFTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -12,7 +12,8 @@
 #   $PREFIX/app.prev) -> venv with --system-site-packages (Debian's Pillow and psutil)
 #   + multipart from pip -> rgbmatrix binding from a pinned commit -> /etc/loop/config.json
 #   (installed once; a changed default lands as config.json.new) -> data dir through
-#   tmpfiles.d -> Pi setup (sound off, kernel knobs) -> loop.service -> daemon-reload,
+#   tmpfiles.d -> Pi setup (sound off, kernel knobs) -> loop.service (plus a
+#   loop.service.d drop-in for the framebuffer driver) -> daemon-reload,
 #   enable, restart -> GET /api/poll/health.
 #
 # Settings (environment, or make variables: `make install PREFIX=/opt/loop2`):
@@ -563,6 +564,66 @@ install_unit() {
     mkdir -p "$R$UNITDIR"
     render "$SRC/loop.service" "$R$UNITDIR/loop.service" 0644
     info "$UNITDIR/loop.service"
+    install_framebuffer_dropin
+}
+
+# The unit's sandbox opens only /dev/mem and /dev/gpiomem (DevicePolicy=closed) and keeps
+# /sys read-only (ProtectKernelTunables=yes). With display.driver "framebuffer" a drop-in
+# allows exactly the framebuffer device and the brightness file of the backlight(s) LOOP may
+# dim; with any other driver it is removed. Backlights are looked up now (in the stage's
+# sys/ for a staged install): enable the LCD's overlay and reboot before `make install`, or
+# run it again afterwards.
+install_framebuffer_dropin() {
+    dropdir=$R$UNITDIR/loop.service.d
+    conf=$dropdir/framebuffer.conf
+    cfg=$R$CONFDIR/config.json
+    [ -f "$cfg" ] || cfg=$SRC/config.json
+    driver=$(config_value "$cfg" display driver auto)
+    if [ "$driver" != framebuffer ]; then
+        if [ -e "$conf" ]; then
+            rm -f "$conf"
+            rmdir "$dropdir" 2>/dev/null || true
+            info "removed the framebuffer drop-in (display.driver is $driver)"
+        fi
+        return
+    fi
+    device=$(config_value "$cfg" display framebuffer_device /dev/fb1)
+    check_path display.framebuffer_device "$device"
+    wanted=$(config_value "$cfg" display framebuffer_backlight auto)
+    lights=""
+    if [ -n "$DESTDIR" ]; then
+        warn "DESTDIR: the target's backlights are unknown here; LOOP scales brightness in software unless a drop-in allows one"
+    elif [ "$wanted" != none ]; then
+        for dir in "$STAGE"/sys/class/backlight/*; do
+            [ -e "$dir/brightness" ] || continue
+            name=${dir##*/}
+            [ "$wanted" = auto ] || [ "$wanted" = "$name" ] || continue
+            # sysfs links into /sys/devices; the sandbox needs the real file
+            file=$(readlink -f "$dir/brightness")
+            file=${file#"$STAGE"}
+            case $file in
+                /sys/*) ;;
+                *) warn "skipping backlight $name: $file is not under /sys"; continue ;;
+            esac
+            check_path "backlight $name" "$file"
+            lights="$lights $file"
+        done
+        [ -n "$lights" ] || info "no backlight found in /sys/class/backlight: brightness is scaled in software"
+    fi
+    mkdir -p "$dropdir"
+    tmp="$conf.tmp.$$"
+    {
+        echo "# Written by make install because display.driver is \"framebuffer\" (removed when"
+        echo "# it is not): the framebuffer and the backlight LOOP dims, opened before it drops root."
+        echo "[Service]"
+        echo "DeviceAllow=$device rw"
+        for file in $lights; do
+            echo "ReadWritePaths=-$file"
+        done
+    } >"$tmp"
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$conf"
+    info "framebuffer drop-in $UNITDIR/loop.service.d/framebuffer.conf: $device${lights:+, backlight$lights}"
 }
 
 start_service() {
@@ -679,7 +740,9 @@ do_uninstall() {
         fi
     fi
     rm -f "$R$UNITDIR/loop.service" "$R$TMPFILESDIR/loop.conf" \
-        "$R$TMPFILESDIR/loop-pi.conf" "$R$MODPROBEDIR/loop-blacklist-snd.conf"
+        "$R$TMPFILESDIR/loop-pi.conf" "$R$MODPROBEDIR/loop-blacklist-snd.conf" \
+        "$R$UNITDIR/loop.service.d/framebuffer.conf"
+    rmdir "$R$UNITDIR/loop.service.d" 2>/dev/null || true
     if on_machine && have_systemd; then
         systemctl daemon-reload
         systemctl reset-failed loop.service 2>/dev/null || true

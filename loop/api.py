@@ -674,7 +674,7 @@ class Api:
         else:
             frames, index = preview
             image = media.frame_image(frames.frame(index), frames.width, frames.height,
-                                      frames.pixel_format)
+                                      frames.pixel_format, self.app.target().rotation)
         image = image.resize((image.width * scale, image.height * scale),
                              media.Image.Resampling.NEAREST)
         out = io.BytesIO()

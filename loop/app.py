@@ -41,10 +41,11 @@ class App:
     """The service: every component, wired together."""
 
     def __init__(self, cfg: config.Config, *, args=None, environ=None, module=None,
-                 driver=None):
+                 driver=None, root: str = "/"):
         """`module` replaces the rgbmatrix module and `driver` the whole display driver (an
         opened object with the driver interface): both are test seams."""
         self.cfg = cfg
+        self.root = root  # where the display pre-flight and drivers find /dev, /sys (tests)
         self.args = args
         self.environ = os.environ if environ is None else environ
         self.notifier = Notifier.from_environ(self.environ)
@@ -76,6 +77,8 @@ class App:
                                cfg.display.breaker_max_reset_sec)
         self.driver = None
         self.display_reason: str | None = None
+        self.panel_lock = display.PanelLock(cfg.system.data_dir)
+        self._was_root = os.geteuid() == 0
         self.privileges = {"user": None, "dropped": False, "reason": None}
         self.player: Player | None = None
         self.monitor: Monitor | None = None
@@ -88,12 +91,13 @@ class App:
         self._data_lock = lock_data_dir(self.cfg.system.data_dir)
         self.server = server.bind(self.cfg.web.host, self.cfg.web.port, self.cfg.web, self.api)
         self._set_service_groups()
+        self._was_root = os.geteuid() == 0
         if self._driver is not None:
             self.driver, self.display_reason = self._driver, None
         else:
             self.driver, self.display_reason = display.open_driver(
                 self.cfg.display, self.cfg.system.data_dir, module=self._module,
-                user=self._service_user())
+                user=self._service_user(), root=self.root, busy=self._panel_busy())
         if self.display_reason:
             log.warning("display: %s", self.display_reason)
         self._drop_privileges()
@@ -146,6 +150,7 @@ class App:
                 self.driver.close()
             except Exception as exc:  # the panel may already be gone; shutting down anyway
                 log.warning("display close failed: %s", exc)
+        self.panel_lock.release()
         self.store.flush()
         self.notifier.close()
         if self._data_lock is not None:
@@ -224,53 +229,30 @@ class App:
         if needs_restart:
             log.warning("these keys need a restart to take effect: %s", ", ".join(needs_restart))
 
+    def _panel_busy(self) -> str | None:
+        """Why the panel must not be touched (another process holds the panel lock), or
+        None once this process holds it."""
+        holder = self.panel_lock.acquire()
+        if holder is None:
+            return None
+        who = f"process {holder}" if holder else "another process"
+        return (f"{who} holds the panel ({self.panel_lock.path}): a self-test, or a second "
+                "LOOP on the same data directory")
+
     def _service_user(self) -> str | None:
-        """The user to drop to, when started as root and that user exists."""
-        if os.geteuid() != 0 or not self.cfg.display.drop_privileges:
-            return None
-        try:
-            pwd.getpwnam(self.cfg.system.user)
-        except KeyError:
-            return None
-        return self.cfg.system.user
+        return service_user(self.cfg)
 
     def _set_service_groups(self) -> None:
-        # The LED library drops only uid/gid; root's supplementary groups would survive it.
-        user = self._service_user()
-        if user:
-            os.setgroups(os.getgrouplist(user, pwd.getpwnam(user).pw_gid))
+        set_service_groups(self.cfg)
 
     def _drop_privileges(self) -> None:
-        """Started as root: become system.user once the hardware is open."""
-        if os.geteuid() != 0:
-            self.privileges = {"user": _user_name(), "dropped": False, "reason": "not root"}
-            return
-        if not self.cfg.display.drop_privileges:
-            self.privileges = {"user": "root", "dropped": False,
-                               "reason": "display.drop_privileges is false"}
-            return
-        name = self.cfg.system.user
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            log.warning("running as root: the service user %r does not exist", name)
-            self.privileges = {"user": "root", "dropped": False,
-                               "reason": f"user {name} does not exist"}
-            return
-        if getattr(self.driver, "drops_privileges", False):
-            self.privileges = {"user": name, "dropped": os.geteuid() != 0, "reason": None}
-            if os.geteuid() != 0:
-                return
-        os.setgroups(os.getgrouplist(name, entry.pw_gid))
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
-        self.privileges = {"user": name, "dropped": True, "reason": None}
+        self.privileges = drop_privileges(self.cfg, self._was_root)
 
     # ---- views for the API -------------------------------------------------------------
     def target(self) -> media.Target:
         fit = self.store.settings.get("fit", self.cfg.display.fit)
         return media.Target(self.driver.width, self.driver.height, self.driver.pixel_format,
-                            fit)
+                            fit, getattr(self.driver, "rotation", 0))
 
     def url_lines(self) -> list[str]:
         port = self.server.port if self.server else self.cfg.web.port
@@ -420,6 +402,49 @@ class App:
                             for s in list(self.monitor.history)]}
 
 
+# ---- privileges (shared with the self-test) ----------------------------------------------------
+
+def service_user(cfg: config.Config) -> str | None:
+    """The user to drop to, when started as root and that user exists."""
+    if os.geteuid() != 0 or not cfg.display.drop_privileges:
+        return None
+    try:
+        pwd.getpwnam(cfg.system.user)
+    except KeyError:
+        return None
+    return cfg.system.user
+
+
+def set_service_groups(cfg: config.Config) -> None:
+    """Before the panel opens: the LED library drops only uid/gid, so root's supplementary
+    groups would survive it; take the service user's groups first."""
+    user = service_user(cfg)
+    if user:
+        os.setgroups(os.getgrouplist(user, pwd.getpwnam(user).pw_gid))
+
+
+def drop_privileges(cfg: config.Config, was_root: bool) -> dict:
+    """Started as root (`was_root`, before the panel opened): become system.user once the
+    hardware is open, unless the LED library already did. Returns what happened
+    ({"user", "dropped", "reason"}), which health and the self-test report."""
+    if not was_root:
+        return {"user": _user_name(), "dropped": False, "reason": "not root"}
+    if os.geteuid() != 0:  # the LED library dropped to the service user itself
+        return {"user": _user_name(), "dropped": True, "reason": None}
+    if not cfg.display.drop_privileges:
+        return {"user": "root", "dropped": False, "reason": "display.drop_privileges is false"}
+    name = cfg.system.user
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        log.warning("running as root: the service user %r does not exist", name)
+        return {"user": "root", "dropped": False, "reason": f"user {name} does not exist"}
+    os.setgroups(os.getgrouplist(name, entry.pw_gid))
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    return {"user": name, "dropped": True, "reason": None}
+
+
 def _flat(cfg: config.Config) -> dict:
     return {f"{s}.{k}": v for s, keys in cfg.as_dict().items() for k, v in keys.items()}
 
@@ -448,11 +473,22 @@ def main(argv=None) -> int:
     """Entry point of `loop.py`."""
     parser = config.argument_parser()
     args = parser.parse_args(argv)
+    if not args.selftest and (args.json or args.stop_service or args.pattern_sec is not None):
+        parser.error("--json, --stop-service and --pattern-sec go with --selftest")
+    if args.selftest and args.command:
+        parser.error(f"--selftest does not go with {args.command}")
     try:
         cfg = config.load(args)
     except config.ConfigError as exc:
         print(f"loop: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.selftest:
+        from loop import selftest
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                            format="%(levelname)s %(name)s: %(message)s")
+        if args.pattern_sec is None:
+            args.pattern_sec = config.PATTERN_SEC
+        return selftest.main(cfg, args)
     logging.basicConfig(level=cfg.system.log_level, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "command", None) in ("backup", "restore"):

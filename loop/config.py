@@ -64,6 +64,16 @@ def _schedule_rules(value):
     return None
 
 
+def _absolute(value):
+    return None if value.startswith("/") else "must be an absolute path like /dev/fb1"
+
+
+def _plain_name(value):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]*", value) or ".." in value:
+        return "must be auto, none or the name of a directory in /sys/class/backlight"
+    return None
+
+
 def _even(value):
     return None if value % 2 == 0 else "must be even"
 
@@ -112,8 +122,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_init_crashes": Key(2, int, "crash markers in a row before starting headless",
                                 1, 100),
         "boot_screen_sec": Key(5.0, float, "how long the boot screen shows the URL", 0, 600),
-        "framebuffer_device": Key("/dev/fb1", str, "framebuffer driver's device"),
-        "rotation": Key(0, int, "framebuffer rotation in degrees", 0, 270,
+        "framebuffer_device": Key("/dev/fb1", str, "framebuffer driver's device: /dev/fb1 "
+                                  "for an SPI LCD overlay, /dev/fb0 for HDMI",
+                                  check=_absolute),
+        "framebuffer_width": Key(0, int, "framebuffer picture width after rotation; 0 = "
+                                 "what the device reports, else a mismatch fails the "
+                                 "pre-flight", 0, 8192),
+        "framebuffer_height": Key(0, int, "framebuffer picture height after rotation; 0 = "
+                                  "what the device reports", 0, 8192),
+        "framebuffer_backlight": Key("auto", str, "framebuffer brightness: auto (the "
+                                     "backlight in /sys/class/backlight, if one fits), none "
+                                     "(scale pixels in software) or a backlight's name",
+                                     check=_plain_name),
+        "rotation": Key(0, int, "framebuffer: degrees the picture is turned clockwise "
+                        "(LED matrices use pixel_mapper_config 'Rotate:90')", 0, 270,
                         check=lambda v: None if v % 90 == 0 else "must be 0, 90, 180 or 270"),
     },
     "media": {
@@ -382,6 +404,20 @@ def argument_parser() -> argparse.ArgumentParser:
                     "environment variables, then these flags. Without a command it runs the "
                     "service.")
     _add_flags(parser)
+    test = parser.add_argument_group(
+        "self-test", "run it on the device first (sudo make selftest) and attach its output "
+        "to bug reports; exit status 0 = fine, 1 = something is wrong, 3 = refused because "
+        "the LOOP service is running")
+    test.add_argument("--selftest", action="store_true",
+                      help="check the machine and the configured panel, show a test pattern, "
+                           "measure frame writes, print a report and exit")
+    test.add_argument("--json", action="store_true", help="with --selftest: the report as JSON")
+    test.add_argument("--stop-service", action="store_true",
+                      help="with --selftest: stop the running LOOP service for the test and "
+                           "start it again afterwards")
+    test.add_argument("--pattern-sec", type=_pattern_sec, default=None, metavar="SECONDS",
+                      help=f"with --selftest: how long the test pattern shows (default "
+                           f"{PATTERN_SEC:g})")
     commands = parser.add_subparsers(dest="command", metavar="{backup,restore}")
     backup = commands.add_parser(
         "backup", help="write a backup of the library (tar) to stdout or --output",
@@ -398,6 +434,19 @@ def argument_parser() -> argparse.ArgumentParser:
     _add_flags(restore, suppress=True)
     restore.add_argument("--input", "-i", help="read from this file instead of stdin")
     return parser
+
+
+PATTERN_SEC = 6.0
+
+
+def _pattern_sec(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 600:
+        raise argparse.ArgumentTypeError("must be 0..600 seconds")
+    return value
 
 
 def load(args: argparse.Namespace, environ=os.environ) -> Config:

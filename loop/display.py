@@ -1,6 +1,7 @@
-"""Display drivers behind one small interface, the hardware pre-flight and the crash marker.
+"""Display drivers behind one small interface, the hardware pre-flight, the crash marker and
+the panel lock.
 
-Drivers (all RGB24, all called from the display thread only; none is thread-safe):
+Drivers (all called from the display thread only; none is thread-safe):
 
 - `HeadlessDriver`: no panel; counts frames. The fallback whenever a panel cannot be used.
 - `RGBMatrixDriver`: hzeller's `rpi-rgb-led-matrix` Python binding (module `rgbmatrix`).
@@ -14,6 +15,9 @@ Drivers (all RGB24, all called from the display thread only; none is thread-safe
   127.0.0.1 only, and the SIGINT/SIGTERM handlers it installs are put back at once.
   Limits: the package reads `./emulator_config.json` (never writes it) for its log level at
   import, and it runs a tornado thread of its own; it is a developer tool, never for the Pi.
+- `FramebufferDriver` (loop/framebuffer.py): a Linux framebuffer such as an SPI LCD's
+  /dev/fb1, in the device's own pixel format (RGB565 or BGRX) and rotation; the others are
+  RGB24.
 
 `open_driver()` picks and opens a driver and never raises for driver problems: anything that
 goes wrong ends in an opened `HeadlessDriver` plus a reason a person understands.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import grp
 import importlib
 import importlib.util
@@ -109,6 +114,7 @@ class Driver:
 
     name = "base"
     pixel_format = "RGB24"
+    rotation = 0  # degrees clockwise frames are turned at render time (framebuffer only)
     drops_privileges = False
 
     def __init__(self, width: int, height: int):
@@ -669,12 +675,93 @@ def clear_crash_marker(data_dir: str) -> None:
     _fsync_dir(data_dir)
 
 
+# ---- panel lock -----------------------------------------------------------------------------
+
+LOCK_NAME = "display.lock"
+
+
+def _lock_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).decode("ascii").strip() or 0)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return 0
+
+
+class PanelLock:
+    """{data_dir}/display.lock, flock()ed by the process that drives the panel (the service,
+    or a self-test), with its pid inside. The kernel drops an flock when its process dies, so
+    the lock never goes stale. The self-test refuses to run while another process holds it;
+    the service runs headless while a self-test holds it."""
+
+    def __init__(self, data_dir: str):
+        self.path = os.path.join(data_dir, LOCK_NAME)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> int | None:
+        """Take the lock. None when this process has it (or nothing can be locked: no
+        writable data directory, a file system without flock), else the holder's pid (0
+        when it is unknown)."""
+        if self._fd is not None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        except OSError as exc:
+            logger.warning("cannot open the panel lock %s: %s", self.path, exc)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _lock_pid(fd)
+            os.close(fd)
+            return pid
+        except OSError as exc:
+            logger.warning("cannot lock %s: %s", self.path, exc)
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the flock
+
+
+def panel_lock_holder(data_dir: str) -> int | None:
+    """The pid of the process holding {data_dir}/display.lock (0 when unknown), None when no
+    process holds it."""
+    try:
+        fd = os.open(os.path.join(data_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_pid(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
 # ---- choosing a driver --------------------------------------------------------------------
 
 def _headless(display_cfg, reason: str | None, log_: logging.Logger):
     if reason:
         log_.warning("display: running headless: %s", reason)
     driver = HeadlessDriver(display_cfg)
+    if display_cfg.driver == "framebuffer" and display_cfg.framebuffer_width and \
+            display_cfg.framebuffer_height:
+        # Render for the panel that is expected, so nothing is re-rendered when it is back.
+        driver.width, driver.height = (display_cfg.framebuffer_width,
+                                       display_cfg.framebuffer_height)
     driver.open()
     return driver, reason
 
@@ -709,7 +796,8 @@ def _open_guarded(driver: Driver, display_cfg, data_dir: str, log_: logging.Logg
 
 
 def open_driver(display_cfg, data_dir: str, *, root: str = "/", euid: int | None = None,
-                module=None, log: logging.Logger | None = None, user: str | None = None):
+                module=None, log: logging.Logger | None = None, user: str | None = None,
+                busy: str | None = None):
     """Pick, pre-flight and open the driver `display_cfg.driver` names.
 
     Returns (opened driver, reason it fell back to headless or None); never raises for
@@ -720,13 +808,27 @@ def open_driver(display_cfg, data_dir: str, *, root: str = "/", euid: int | None
     consecutive inits that did not return, this one included; success removes it, a clean
     failure puts the old count back. A marker found at start-up therefore counts as a crash,
     and after `display_cfg.max_init_crashes` of them the panel is not tried again until
-    `clear_crash_marker()` (POST /api/display/reset)."""
+    `clear_crash_marker()` (POST /api/display/reset).
+
+    `busy` is a reason not to touch the panel at all (another process holds the panel lock):
+    every driver but headless then falls back with it. `root` is the file-system root the
+    pre-flight and the framebuffer driver look at (tests pass a fake tree)."""
     log_ = log or logger
     choice = display_cfg.driver
     if choice == "headless":
         return _headless(display_cfg, None, log_)
+    if busy:
+        return _headless(display_cfg, busy, log_)
     if choice == "framebuffer":
-        return _headless(display_cfg, "framebuffer driver not available yet", log_)
+        from loop.framebuffer import FramebufferDriver  # it builds on this module
+        driver = FramebufferDriver(display_cfg, root=root, euid=euid)
+        try:
+            driver.open()
+        except Exception as exc:
+            if not isinstance(exc, DisplayError):
+                log_.exception("display: unexpected error opening the framebuffer")
+            return _headless(display_cfg, str(exc) or repr(exc), log_)
+        return driver, None
     if choice == "emulator":
         driver = EmulatorDriver(display_cfg, module, work_dir=data_dir, user=user)
         try:
@@ -748,6 +850,6 @@ def open_driver(display_cfg, data_dir: str, *, root: str = "/", euid: int | None
     return _open_guarded(driver, display_cfg, data_dir, log_)
 
 
-__all__ = ["Check", "DisplayError", "Driver", "EmulatorDriver", "HeadlessDriver",
+__all__ = ["Check", "DisplayError", "Driver", "EmulatorDriver", "HeadlessDriver", "PanelLock",
            "RGBMatrixDriver", "clear_crash_marker", "failed_reason", "init_crash_count",
-           "open_driver", "panel_size", "pi_model", "preflight"]
+           "open_driver", "panel_lock_holder", "panel_size", "pi_model", "preflight"]

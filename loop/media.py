@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps, features
 
+from loop import pixels
 from loop.frames import PIXEL_FORMATS, FrameWriter
 
 IMAGE_FORMATS = ["GIF", "PNG", "JPEG", "WEBP", "BMP"]
@@ -49,11 +50,15 @@ class MediaError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """What the panel wants: geometry, pixel format and fit mode."""
+    """What the panel wants: the picture's geometry, pixel format, fit mode, and the rotation
+    (degrees clockwise) frames are turned by before they are stored, so that a framebuffer
+    shows them with a plain copy (loop/pixels.py). Frame files keep the picture's
+    width x height; their bytes are in the device's scan order."""
     width: int
     height: int
     pixel_format: str = "RGB24"
     fit: str = "contain"
+    rotation: int = 0
 
 
 @dataclass
@@ -97,11 +102,13 @@ def _resample(src, dst):
     return Image.Resampling.LANCZOS
 
 
-def to_pixels(img: Image.Image, pixel_format: str) -> bytes:
-    """Panel-sized RGB image -> the bytes the driver wants."""
-    if pixel_format == "RGB24":
-        return img.tobytes()
-    raise MediaError(500, "internal", f"pixel format {pixel_format} is not supported yet")
+def to_pixels(img: Image.Image, pixel_format: str, rotation: int = 0) -> bytes:
+    """Panel-sized RGB image -> the bytes the driver wants (RGB24, RGB565, BGRX), turned
+    clockwise by `rotation` degrees."""
+    try:
+        return pixels.encode(img, pixel_format, rotation)
+    except ValueError as exc:
+        raise MediaError(500, "internal", str(exc)) from None
 
 
 def _flatten(frame: Image.Image) -> Image.Image:
@@ -218,7 +225,7 @@ def _render_frames(img, frames_path, target, media_cfg, progress, deadline) -> R
                                 else "media.max_item_mb / media.max_frames"))
                 break
             frame = fit_image(_flatten(img), target)
-            writer.add(to_pixels(frame, target.pixel_format), delay)
+            writer.add(to_pixels(frame, target.pixel_format, target.rotation), delay)
             total_ms += delay
             if progress:
                 progress((index + 1) / n_frames)
@@ -249,7 +256,8 @@ def detect_extension(path: str) -> str:
 
 def write_thumb(frame: bytes, target: Target, path: str) -> None:
     """A PNG preview of the first rendered frame, scaled up crisply for the web page."""
-    img = frame_image(frame, target.width, target.height, target.pixel_format)
+    img = frame_image(frame, target.width, target.height, target.pixel_format,
+                      target.rotation)
     scale = max(1, min(THUMB_MAX[0] // target.width, THUMB_MAX[1] // target.height))
     if scale > 1:
         img = img.resize((target.width * scale, target.height * scale),
@@ -258,8 +266,10 @@ def write_thumb(frame: bytes, target: Target, path: str) -> None:
     img.save(path, "PNG")
 
 
-def frame_image(frame, width: int, height: int, pixel_format: str = "RGB24") -> Image.Image:
-    """A stored frame back as an RGB image (preview, thumbnails)."""
-    if pixel_format != "RGB24":
-        raise MediaError(500, "internal", f"pixel format {pixel_format} is not supported yet")
-    return Image.frombuffer("RGB", (width, height), bytes(frame), "raw", "RGB", 0, 1)
+def frame_image(frame, width: int, height: int, pixel_format: str = "RGB24",
+                rotation: int = 0) -> Image.Image:
+    """A stored frame back as an upright RGB image of width x height (preview, thumbnails)."""
+    try:
+        return pixels.decode(frame, width, height, pixel_format, rotation)
+    except ValueError as exc:
+        raise MediaError(500, "internal", str(exc)) from None

@@ -49,10 +49,11 @@ class Screen:
     count = 1
     durations = (1000,)
 
-    def __init__(self, image, pixel_format: str):
+    def __init__(self, image, pixel_format: str, rotation: int = 0):
         self.width, self.height = image.size
         self.pixel_format = pixel_format
-        self._data = media.to_pixels(image, pixel_format)
+        self.rotation = rotation
+        self._data = media.to_pixels(image, pixel_format, rotation)
 
     def frame(self, index: int):
         return self._data
@@ -367,7 +368,8 @@ class Player(threading.Thread):
 
     def _show_screen(self, lines) -> None:
         image = screens.render(lines, self.driver.width, self.driver.height)
-        self._show(Screen(image, self.driver.pixel_format), 0)
+        self._show(Screen(image, self.driver.pixel_format,
+                          getattr(self.driver, "rotation", 0)), 0)
 
     def _show_hint(self) -> None:
         self._show_screen(["No media yet"] + self.hint_lines)

@@ -279,7 +279,8 @@ class Intake:
                 "created_at": now_iso(), "loop_count": None, "duration_sec": None,
                 "notes": rendered.notes,
                 "render": {"width": target.width, "height": target.height,
-                           "pixel_format": target.pixel_format, "fit": target.fit},
+                           "pixel_format": target.pixel_format, "fit": target.fit,
+                           "rotation": target.rotation},
                 "_staging": staging,
             }
             return meta

@@ -71,9 +71,9 @@ def make_app(tmp_path):
     """Start an in-process App with overrides (`web__port=…` style); stopped at teardown."""
     apps = []
 
-    def start(module=None, environ=None, **overrides):
+    def start(module=None, environ=None, driver=None, root="/", **overrides):
         cfg = make_config(tmp_path, **overrides)
-        app = App(cfg, environ=dict(environ or {}), module=module)
+        app = App(cfg, environ=dict(environ or {}), module=module, driver=driver, root=root)
         app.start()
         apps.append(app)
         return app

@@ -444,6 +444,64 @@ def test_pi_setup_can_leave_config_txt_alone(stage: Stage) -> None:
     assert stage.blacklist.exists()
 
 
+# ---------------------------------------------------------------- framebuffer drop-in
+
+
+def test_framebuffer_driver_gets_a_dropin_for_its_device_and_backlight(
+        installed: Stage, tmp_path: Path) -> None:
+    s = installed
+    dropin = s.unit.parent / "loop.service.d" / "framebuffer.conf"
+    assert not dropin.parent.exists(), "no drop-in for the LED matrix"
+    # sysfs as on a Pi: the class entry links into /sys/devices
+    real = s.root / "sys/devices/platform/soc/spi0.0/backlight/fb_ili9341"
+    real.mkdir(parents=True)
+    (real / "brightness").write_text("255\n")
+    (real / "max_brightness").write_text("255\n")
+    (s.root / "sys/class/backlight").mkdir(parents=True)
+    (s.root / "sys/class/backlight/fb_ili9341").symlink_to(
+        "../../devices/platform/soc/spi0.0/backlight/fb_ili9341")
+    edit_config(s.config, lambda c: c["display"].update(driver="framebuffer",
+                                                        framebuffer_device="/dev/fb1"))
+    run_installer(s)
+    assert mode(dropin) == 0o644
+    svc = unit_directives(dropin)["Service"]
+    assert svc["DeviceAllow"] == ["/dev/fb1 rw"]
+    assert svc["ReadWritePaths"] == [
+        "-/sys/devices/platform/soc/spi0.0/backlight/fb_ili9341/brightness"]
+    assert set(svc) == {"DeviceAllow", "ReadWritePaths"}, "the drop-in only adds access"
+    # the unit itself keeps its sandbox; the drop-in adds to its lists
+    base = unit_directives(s.unit)["Service"]
+    assert sorted(base["DeviceAllow"]) == ["/dev/gpiomem rw", "/dev/mem rw"]
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # the unit with the drop-in folded in is still a clean unit
+        merged = tmp_path / "merged" / "loop.service"
+        merged.parent.mkdir()
+        extra = "\n".join(line for line in dropin.read_text().splitlines()
+                          if line and not line.startswith(("#", "[")))
+        merged.write_text(s.unit.read_text().replace("[Service]\n", f"[Service]\n{extra}\n"))
+        proc = subprocess.run([analyze, "verify", str(merged)], capture_output=True,
+                              text=True, timeout=120, env=clean_env(), stdin=subprocess.DEVNULL)
+        assert proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
+
+    # another device, software brightness: only the device
+    edit_config(s.config, lambda c: c["display"].update(framebuffer_device="/dev/fb0",
+                                                        framebuffer_backlight="none"))
+    run_installer(s)
+    svc = unit_directives(dropin)["Service"]
+    assert svc == {"DeviceAllow": ["/dev/fb0 rw"]}
+
+    # back to the LED matrix: the drop-in goes away
+    edit_config(s.config, lambda c: c["display"].update(driver="rgbmatrix"))
+    out = run_installer(s).stdout
+    assert not dropin.parent.exists() and "removed the framebuffer drop-in" in out
+
+    edit_config(s.config, lambda c: c["display"].update(driver="framebuffer"))
+    run_installer(s)
+    assert dropin.exists()
+    run_installer(s, "--uninstall")
+    assert not dropin.parent.exists()
+
+
 # ---------------------------------------------------------------- the installed service
 
 

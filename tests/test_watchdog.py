@@ -15,9 +15,8 @@ import threading
 import time
 
 import pytest
-from conftest import FAKE_RGBMATRIX, Client, gif_bytes, make_config, wait_for, write_config
+from conftest import FAKE_RGBMATRIX, Client, gif_bytes, wait_for, write_config
 
-from loop.app import App
 from loop.display import HeadlessDriver
 
 WATCHDOG_USEC = 300_000
@@ -77,21 +76,12 @@ def receiver(tmp_path):
 
 
 @pytest.fixture
-def start_app(tmp_path):
+def start_app(make_app):
     """An in-process App with an optional injected driver and environment."""
-    apps = []
-
     def start(driver=None, environ=None, **overrides):
         overrides.setdefault("system.monitor_interval_sec", 0.1)
-        app = App(make_config(tmp_path, **overrides), environ=dict(environ or {}),
-                  driver=driver)
-        app.start()
-        apps.append(app)
-        return app
-
-    yield start
-    for app in apps:
-        app.stop()
+        return make_app(driver=driver, environ=environ, **overrides)
+    return start
 
 
 def systemd_env(receiver, **extra):
