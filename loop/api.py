@@ -374,6 +374,7 @@ class Api:
         out["notes"] = meta.get("notes", [])
         out["in_loop"] = meta["id"] in self.app.store.view.loop
         out["quarantined"] = meta["id"] in self.app.player.quarantined
+        out["pending"] = meta["id"] in self.app.store.view.pending  # waits for a re-render
         out["thumb"] = f"/api/media/{meta['id']}/thumb.png"
         return out
 
@@ -564,6 +565,9 @@ class Api:
         if not isinstance(item_id, str):
             raise ApiError(422, "validation_failed", "id must be an item id")
         self._item(item_id)
+        if item_id in self.app.store.view.pending:
+            raise ApiError(409, "conflict", "that item is being re-rendered for the panel; "
+                           "it plays when that is done")
         status = self.app.player.command("select", item_id=item_id)
         return envelope(200, status.as_dict(self.app.player.frame_index))
 

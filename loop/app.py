@@ -19,6 +19,7 @@ import time
 from loop import __version__, backup, config, display, media, schedule, server
 from loop.api import Api
 from loop.breaker import Breaker
+from loop.maintenance import Maintenance
 from loop.monitor import Monitor
 from loop.player import Player
 from loop.sdnotify import Notifier
@@ -71,6 +72,9 @@ class App:
         self._data_lock: int | None = None  # fd holding DATA/loop.lock while running
         self.slots = threading.BoundedSemaphore(cfg.processing.max_concurrent_jobs)
         self.intake = Intake(self.store, self.jobs, cfg, self.target, self.slots)
+        self.maintenance = Maintenance(self.store, self.jobs, self.slots, self.target,
+                                       lambda: self.cfg, self._library_changed)
+        self.intake.after_commit = self.maintenance.schedule
         self.api = Api(self)
         self.breaker = Breaker(cfg.display.breaker_max_failures,
                                cfg.display.slow_call_ms / 1000, cfg.display.breaker_reset_sec,
@@ -102,6 +106,9 @@ class App:
             log.warning("display: %s", self.display_reason)
         self._drop_privileges()
         self.store.open()
+        backlog = self.maintenance.mark()  # before anything plays: stale frames stay dark
+        if backlog:
+            log.info("%d item(s) wait to be re-rendered for %s", len(backlog), self.target())
         self.scheduler.load()
         # the schedule is evaluated before anything shows: a boot at 03:00 starts dimmed
         boot = self.scheduler.evaluate("start-up")
@@ -117,6 +124,7 @@ class App:
         host, port = self.server.server_address[:2]
         print(f"LOOP listening on http://{host}:{port}", file=sys.stderr, flush=True)
         self.notifier.ready(f"serving on port {port}")
+        self.maintenance.schedule()  # after READY=1: re-rendering never delays start-up
 
     def serve(self) -> None:
         """Run the HTTP accept loop on its thread (its poll is the HTTP heartbeat)."""
@@ -143,6 +151,7 @@ class App:
             if self.server.in_flight:
                 log.warning("%d request(s) still running at the shutdown deadline",
                             self.server.in_flight)
+        self.maintenance.stop(max(0.5, deadline - time.monotonic()))
         if self.player is not None:
             self.player.stop(max(0.5, deadline - time.monotonic()))
         if self.driver is not None:
@@ -315,12 +324,7 @@ class App:
     def render_library(self) -> None:
         """Render every item whose frames do not fit the current panel (restored items have
         none yet): the maintenance thread's job."""
-        maintenance = getattr(self, "maintenance", None)
-        if maintenance is None:
-            log.warning("no maintenance thread to render restored items; they render at the "
-                        "next start")
-            return
-        maintenance.schedule()
+        self.maintenance.schedule()
 
     def zone(self):
         """The schedule's time zone (schedule.timezone, else the system's), cached until a
@@ -342,7 +346,14 @@ class App:
             self.player.command("brightness", value=value, remember=False, wait=False)
 
     def set_fit(self, fit: str) -> None:
+        """A new fit mode: items rendered for another one wait for the maintenance thread."""
         self.store.update_settings(durable=True, fit=fit)
+        self.maintenance.schedule()
+        self._library_changed()
+
+    def _library_changed(self) -> None:
+        if self.player is not None:
+            self.player.command("library", wait=False)
 
     def display_status(self) -> str:
         if self.player.brightness == 0:
@@ -388,9 +399,11 @@ class App:
         checks["privileges"] = dict(self.privileges, status="ok", reason=None
                                     if self.privileges["dropped"] or os.geteuid() != 0
                                     else "running as root")
-        checks["storage"] = {"status": "ok", "reason": None,
+        checks["storage"] = {"status": "degraded" if self.store.write_error else "ok",
+                             "reason": self.store.write_error,
                              "recovery": self.store.recovery, "index_writes":
-                             self.store.index_writes}
+                             self.store.index_writes,
+                             "pending_render": len(self.store.view.pending)}
         checks["http"] = dict({"status": "ok", "reason": None}, **self.server.counters.as_dict())
         statuses = [c["status"] for c in checks.values()]
         status = "failing" if "failing" in statuses else (

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 from loop import __version__, schedule
 from loop.config import FITS
-from loop.media import MediaError
-from loop.store import MAX_NAME, fsync_dir, now_iso, storage_error, valid_id
+from loop.media import MediaError, storage_error
+from loop.store import MAX_NAME, fsync_dir, now_iso, valid_id
 
 log = logging.getLogger("loop.backup")
 

@@ -155,6 +155,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "static_image_duration_sec": Key(10.0, float, "how long a still shows", 0.01, 86400),
         "max_restore_mb": Key(1024.0, float, "largest backup accepted by restore", 0.001,
                               65536),
+        "ffmpeg": Key("ffmpeg", str, "ffmpeg binary for video: a name looked up on PATH or "
+                      "an absolute path; empty = video uploads are refused (415)"),
+        "ffprobe": Key("ffprobe", str, "ffprobe binary used to inspect videos before "
+                       "decoding: a name on PATH or an absolute path"),
     },
     "processing": {
         "max_concurrent_jobs": Key(3, int, "uploads/renders decoding at once", 1, 64),

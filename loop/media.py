@@ -1,13 +1,19 @@
 """Decoding untrusted uploads into panel-sized frames with timings.
 
-The type is decided from the bytes (Pillow's `formats=` list), never from the file name.
-Every limit is checked before the work it protects: pixels from the header before decoding,
-frame count before rendering, the deadline between frames.
+The type is decided from the bytes, never from the file name: video containers are
+recognised by `loop.video.sniff` and go to ffmpeg (loop/video.py); everything else goes to
+Pillow with a `formats=` list. Every limit is checked before the work it protects: pixels
+from the header before decoding, frame count (GIFs by a bounded block walk) before
+rendering, the deadline between frames. The fit geometry here is shared with video.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import math
+import os
 import struct
 import time
 import warnings
@@ -17,6 +23,8 @@ from PIL import Image, ImageOps, features
 
 from loop import pixels
 from loop.frames import PIXEL_FORMATS, FrameWriter
+
+log = logging.getLogger("loop.media")
 
 IMAGE_FORMATS = ["GIF", "PNG", "JPEG", "WEBP", "BMP"]
 
@@ -70,6 +78,7 @@ class Rendered:
     frames: int
     duration_ms: int
     notes: list[str] = field(default_factory=list)
+    ext: str = "bin"  # extension of the stored original, from the bytes
 
 
 def gif_delay(duration) -> int:
@@ -79,27 +88,44 @@ def gif_delay(duration) -> int:
     return int(duration)
 
 
+def fit_geometry(source: tuple[int, int], target: Target) -> tuple[int, int, int, int]:
+    """(width, height, x, y): the scaled source and where it sits on the panel.
+
+    `contain` scales to fit inside and centres (x, y >= 0: letterbox), `cover` scales to fill
+    and centres the crop (x, y <= 0), `stretch` ignores the aspect ratio. Images (Pillow) and
+    videos (ffmpeg's scale/pad/crop) share this arithmetic, so both fit the same way.
+    """
+    tw, th = target.width, target.height
+    sw, sh = source
+    if target.fit == "stretch":
+        return tw, th, 0, 0
+    if target.fit == "contain":
+        scale = min(tw / sw, th / sh)
+        width, height = min(tw, max(1, round(sw * scale))), min(th, max(1, round(sh * scale)))
+        return width, height, (tw - width) // 2, (th - height) // 2
+    scale = max(tw / sw, th / sh)
+    width, height = max(tw, round(sw * scale)), max(th, round(sh * scale))
+    return width, height, -((width - tw) // 2), -((height - th) // 2)
+
+
+def is_pixel_art(source: tuple[int, int], scaled: tuple[int, int]) -> bool:
+    """Upscaling, or a source this small, is pixel art: nearest-neighbour keeps it crisp."""
+    upscaling = scaled[0] >= source[0] and scaled[1] >= source[1]
+    return upscaling or max(source) <= PIXEL_ART_MAX_SIDE
+
+
 def fit_image(img: Image.Image, target: Target) -> Image.Image:
     """Fit an RGB image into the target geometry (contain, cover or stretch)."""
-    tw, th = target.width, target.height
-    sw, sh = img.size
-    if target.fit == "stretch":
-        return img.resize((tw, th), _resample(img.size, (tw, th)))
-    scale = (min if target.fit == "contain" else max)(tw / sw, th / sh)
-    size = (max(1, round(sw * scale)), max(1, round(sh * scale)))
-    scaled = img.resize(size, _resample(img.size, size), reducing_gap=2.0)
-    if scaled.size == (tw, th):
+    width, height, x, y = fit_geometry(img.size, target)
+    if is_pixel_art(img.size, (width, height)):
+        scaled = img.resize((width, height), Image.Resampling.NEAREST)
+    else:
+        scaled = img.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    if (width, height, x, y) == (target.width, target.height, 0, 0):
         return scaled
-    canvas = Image.new("RGB", (tw, th))
-    canvas.paste(scaled, ((tw - size[0]) // 2, (th - size[1]) // 2))
+    canvas = Image.new("RGB", (target.width, target.height))
+    canvas.paste(scaled, (x, y))
     return canvas
-
-
-def _resample(src, dst):
-    upscaling = dst[0] >= src[0] and dst[1] >= src[1]
-    if upscaling or max(src) <= PIXEL_ART_MAX_SIDE:
-        return Image.Resampling.NEAREST
-    return Image.Resampling.LANCZOS
 
 
 def to_pixels(img: Image.Image, pixel_format: str, rotation: int = 0) -> bytes:
@@ -121,10 +147,20 @@ def _flatten(frame: Image.Image) -> Image.Image:
     return background
 
 
+# ISO BMFF brands of still/animated images (the same box structure as MP4).
+AVIF_BRANDS = (b"avif", b"avis")
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs",
+               b"mif1", b"msf1")
+
+
 def sniff(path: str) -> str | None:
     """The image format the first bytes claim, even if the rest is broken."""
     with open(path, "rb") as fh:
         head = fh.read(16)
+    if head[4:8] == b"ftyp" and head[8:12] in AVIF_BRANDS:
+        return "AVIF"
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return "HEIF"
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -145,6 +181,9 @@ def open_image(path: str, max_pixels: int) -> Image.Image:
         img = Image.open(path, formats=IMAGE_FORMATS)
     except Image.UnidentifiedImageError:
         claimed = sniff(path)
+        if claimed in ("AVIF", "HEIF") and claimed not in IMAGE_FORMATS:
+            raise MediaError(415, "unsupported_media", f"{claimed} images cannot be decoded "
+                             "by this device's Pillow; convert it to JPEG or PNG") from None
         if claimed:
             raise MediaError(422, "invalid_media", f"a broken or truncated {claimed} file "
                              "that cannot be decoded") from None
@@ -169,13 +208,44 @@ def render_image(path: str, frames_path: str, target: Target, media_cfg, *,
     img = open_image(path, media_cfg.max_pixels)
     try:
         return _render_frames(img, frames_path, target, media_cfg, progress, deadline)
-    except MediaError:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, struct.error) as exc:
-        raise MediaError(422, "invalid_media", f"image could not be decoded: {exc}") from None
     finally:
         img.close()
+
+
+@contextlib.contextmanager
+def _decoding():
+    """Pillow working on untrusted bytes: whatever it raises means the file is bad.
+
+    Fuzzed files make decoders raise more than OSError/ValueError (IndexError, KeyError,
+    TypeError, ...); none of that is a bug of LOOP, so it is a 422, logged for a look.
+    Only Pillow's calls run inside this; LOOP's own code (fit, writing) stays outside.
+    """
+    try:
+        yield
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise MediaError(422, "invalid_media", "image has too many pixels") from None
+    except Exception as exc:
+        if not isinstance(exc, (OSError, SyntaxError, ValueError, EOFError, struct.error)):
+            log.warning("decoder raised %s on an upload: %s", type(exc).__name__, exc)
+        raise MediaError(422, "invalid_media", f"image could not be decoded: {exc}") from None
+
+
+@contextlib.contextmanager
+def _writing():
+    """Writes to the data directory: a full disk is a 507, never 'bad image'."""
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(exc) from exc
+
+
+def storage_error(exc: OSError) -> MediaError:
+    """Map a write failure to the answer a client gets."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MediaError(507, "insufficient_storage", "the device's storage is full")
+    return MediaError(500, "internal", f"storage write failed: {os.strerror(exc.errno or 0)}")
 
 
 def _frame_plan(n_frames: int, frame_size: int, media_cfg) -> tuple[int, int]:
@@ -191,30 +261,78 @@ def _frame_plan(n_frames: int, frame_size: int, media_cfg) -> tuple[int, int]:
     return stride, budget
 
 
+def count_gif_frames(path: str, cap: int) -> int:
+    """Frames in a GIF by walking its blocks without decoding, stopping past `cap`.
+
+    Pillow's `n_frames` walks every frame of the file; a hostile GIF with millions of tiny
+    frames would cost seconds before any limit could be checked. This stops at `cap + 1`.
+    """
+    count = 0
+    with open(path, "rb") as fh:
+        head = fh.read(13)
+        if len(head) < 13:
+            return 0
+        if head[10] & 0x80:
+            fh.seek(3 << ((head[10] & 7) + 1), os.SEEK_CUR)
+        while count <= cap:
+            kind = fh.read(1)
+            if kind == b"\x21":  # extension: label, then sub-blocks
+                fh.read(1)
+            elif kind == b"\x2c":  # image descriptor, optional local table, LZW size
+                desc = fh.read(9)
+                if len(desc) < 9:
+                    break
+                if desc[8] & 0x80:
+                    fh.seek(3 << ((desc[8] & 7) + 1), os.SEEK_CUR)
+                fh.read(1)
+                count += 1
+            else:  # trailer, or garbage where a block should start
+                break
+            while True:
+                size = fh.read(1)
+                if not size or size == b"\x00":
+                    break
+                fh.seek(size[0], os.SEEK_CUR)
+            if not size:
+                break
+    return count
+
+
 def _render_frames(img, frames_path, target, media_cfg, progress, deadline) -> Rendered:
     fmt = img.format
-    n_frames = getattr(img, "n_frames", 1)
-    if n_frames > media_cfg.max_frames * 4:
+    cap = media_cfg.max_frames * 4
+    with _decoding():
+        if fmt == "GIF":
+            n_frames = max(1, count_gif_frames(img.filename, cap))
+        else:
+            n_frames = getattr(img, "n_frames", 1)
+    if n_frames > cap:
         raise MediaError(422, "invalid_media", f"{n_frames} frames is more than this device "
                          f"stores (media.max_frames = {media_cfg.max_frames})")
     animated = n_frames > 1
     source_size = img.size
     if not animated:
-        img = ImageOps.exif_transpose(img)  # phone photos stand upright
+        with _decoding():
+            img = ImageOps.exif_transpose(img)  # phone photos stand upright
         source_size = img.size
     frame_size = target.width * target.height * PIXEL_FORMATS[target.pixel_format][1]
     stride, keep = _frame_plan(n_frames, frame_size, media_cfg)
     max_ms = media_cfg.max_duration_sec * 1000
     notes, total_ms = [], 0
-    writer = FrameWriter(frames_path, target.width, target.height, target.pixel_format)
+    with _writing():
+        writer = FrameWriter(frames_path, target.width, target.height, target.pixel_format)
     try:
         for index in range(n_frames):
             if deadline is not None and time.monotonic() > deadline:
                 raise MediaError(422, "invalid_media", "decoding took longer than "
-                                 "media.decode_timeout_sec")
-            if animated:
-                img.seek(index)
-            delay = gif_delay(img.info.get("duration")) if animated else 1000
+                                 f"media.decode_timeout_sec = {media_cfg.decode_timeout_sec:g} s")
+            with _decoding():
+                if animated:
+                    try:
+                        img.seek(index)
+                    except EOFError:  # fewer frames than the header or block walk promised
+                        break
+                delay = gif_delay(img.info.get("duration")) if animated else 1000
             if index % stride:
                 writer.extend_last(delay)
                 total_ms += delay
@@ -224,34 +342,38 @@ def _render_frames(img, frames_path, target, media_cfg, progress, deadline) -> R
                              + ("media.max_duration_sec" if total_ms >= max_ms
                                 else "media.max_item_mb / media.max_frames"))
                 break
-            frame = fit_image(_flatten(img), target)
-            writer.add(to_pixels(frame, target.pixel_format, target.rotation), delay)
+            with _decoding():
+                img.load()  # decode now: Pillow is lazy, and fit_image is not a decoder
+                flat = _flatten(img)
+            frame = to_pixels(fit_image(flat, target), target.pixel_format, target.rotation)
+            with _writing():
+                writer.add(frame, delay)
             total_ms += delay
             if progress:
                 progress((index + 1) / n_frames)
         if stride > 1:
             notes.insert(0, f"frame rate lowered to 1/{stride} to fit media.max_item_mb")
-        header = writer.finish()
+        if writer.count == 0:
+            raise MediaError(422, "invalid_media", "no frame could be decoded from the image")
+        with _writing():
+            header = writer.finish()
     finally:
         writer.close()
     kind = "animation" if header.count > 1 else "image"
     return Rendered(kind, fmt, source_size[0], source_size[1], header.count,
-                    sum(writer.durations) if animated else 0, notes)
+                    sum(writer.durations) if animated else 0, notes,
+                    EXTENSIONS.get(fmt, "bin"))
 
 
 def render(path: str, frames_path: str, target: Target, media_cfg, **kwargs) -> Rendered:
-    """Decode any supported upload into `frames_path`."""
+    """Decode any supported upload into `frames_path`: videos through ffmpeg, the rest with
+    Pillow. The container is recognised from the bytes; see loop/video.py."""
+    from loop import video  # video builds on this module's types
+
+    container = video.sniff(path)
+    if container is not None:
+        return video.render(path, container, frames_path, target, media_cfg, **kwargs)
     return render_image(path, frames_path, target, media_cfg, **kwargs)
-
-
-def detect_extension(path: str) -> str:
-    """File extension for the stored original, from the bytes."""
-    try:
-        with Image.open(path, formats=IMAGE_FORMATS) as img:
-            return EXTENSIONS.get(img.format, "bin")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning):
-        return "bin"
 
 
 def write_thumb(frame: bytes, target: Target, path: str) -> None:
@@ -263,7 +385,10 @@ def write_thumb(frame: bytes, target: Target, path: str) -> None:
         img = img.resize((target.width * scale, target.height * scale),
                          Image.Resampling.NEAREST)
     img.thumbnail(THUMB_MAX)
-    img.save(path, "PNG")
+    with open(path, "xb") as fh:  # durable like every other file of an item
+        img.save(fh, "PNG")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def frame_image(frame, width: int, height: int, pixel_format: str = "RGB24",

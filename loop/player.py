@@ -284,7 +284,8 @@ class Player(threading.Thread):
         return self.mode == "one" or len(self._playable()) <= 1
 
     def _playable(self) -> list[str]:
-        return [i for i in self.store.view.loop if i not in self.quarantined]
+        view = self.store.view  # pending items wait for the maintenance thread's re-render
+        return [i for i in view.loop if i not in self.quarantined and i not in view.pending]
 
     def _advance(self, step: int, auto: bool = False) -> None:
         ids = self._playable()
@@ -309,7 +310,8 @@ class Player(threading.Thread):
             playing.index, playing.loops, playing.deadline = 0, 0, 0.0
             return
         self._close_current()
-        item = self.store.view.get(item_id) if item_id else None
+        view = self.store.view
+        item = view.get(item_id) if item_id and item_id not in view.pending else None
         if item is None:
             self._now = None
             self._show_hint()
@@ -333,8 +335,8 @@ class Player(threading.Thread):
 
     def _library_changed(self, view) -> None:
         current = self._now.item["id"] if self._now and self._now.item else None
-        if current and view.get(current) is None:
-            self._advance(+1)  # the item was deleted: move on
+        if current and (view.get(current) is None or current in view.pending):
+            self._advance(+1)  # deleted, or waiting for a re-render: move on
         elif current is None:
             wanted = self.store.settings.get("current")
             ids = self._playable()

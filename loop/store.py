@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 
 from loop import frames
-from loop.media import MediaError
+from loop.media import MediaError, storage_error
 
 log = logging.getLogger("loop.store")
 
@@ -87,13 +87,6 @@ def lock_data_dir(data_dir: str) -> int:
     return fd
 
 
-def storage_error(exc: OSError) -> MediaError:
-    """Map a write failure to the answer a client gets."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return MediaError(507, "insufficient_storage", "the device's storage is full")
-    return MediaError(500, "internal", f"storage write failed: {os.strerror(exc.errno or 0)}")
-
-
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -104,6 +97,7 @@ class LibraryView:
     items: tuple  # metas in library order
     loop: tuple   # ids that play, in order
     version: int
+    pending: frozenset = frozenset()  # ids waiting to be re-rendered: not played
 
     @property
     def bytes(self) -> int:
@@ -131,7 +125,9 @@ class Store:
         self._defaults = dict(setting_defaults)
         self._settings_dirty = False
         self.index_writes = 0
+        self.write_error: str | None = None  # the last failed library write, until one works
         self.recovery: dict = {}
+        self._pending: frozenset = frozenset()
         self.view = LibraryView((), (), 0)
 
     # ---- paths -------------------------------------------------------------------------
@@ -168,13 +164,28 @@ class Store:
                 "loop": list(self._loop), "settings": self._settings}
 
     def _write_index(self) -> None:
-        write_json_atomic(self.index_path, self._index_doc())
+        try:
+            write_json_atomic(self.index_path, self._index_doc())
+        except OSError as exc:
+            self.write_error = f"index.json not written: {exc.strerror or exc}"
+            log.error("%s", self.write_error)
+            raise
         self.index_writes += 1
+        self.write_error = None
         self._settings_dirty = False
 
     def _publish(self) -> None:
+        self._pending = self._pending & self._items.keys()
         self.view = LibraryView(tuple(dict(m) for m in self._items.values()),
-                                tuple(self._loop), self.view.version + 1)
+                                tuple(self._loop), self.view.version + 1, self._pending)
+
+    def set_pending(self, ids) -> None:
+        """Mark the items waiting for a re-render (the player skips them)."""
+        with self._lock:
+            pending = frozenset(ids) & self._items.keys()
+            if pending != self._pending:
+                self._pending = pending
+                self._publish()
 
     def _transaction(self, change) -> None:
         """Apply `change()` to the in-memory state, write the index, roll back on failure."""
@@ -203,6 +214,8 @@ class Store:
                 os.rename(staging, final)
                 fsync_dir(self.media_dir)
             except OSError as exc:
+                shutil.rmtree(staging, ignore_errors=True)  # if it never got renamed
+                self._discard(final)
                 raise storage_error(exc) from exc
 
             def change():
@@ -211,9 +224,20 @@ class Store:
             try:
                 self._transaction(change)
             except MediaError:
-                shutil.rmtree(final, ignore_errors=True)
+                self._discard(final)
                 raise
             return dict(meta), True
+
+    def _discard(self, final: str) -> None:
+        """Take an uncommitted directory out of media/ (into tmp/, then remove it)."""
+        if not os.path.lexists(final):
+            return
+        graveyard = os.path.join(self.tmp_dir, f"uncommitted-{uuid.uuid4().hex}")
+        try:
+            os.rename(final, graveyard)
+        except OSError:
+            graveyard = final  # removed in place; recovery removes whatever is left
+        shutil.rmtree(graveyard, ignore_errors=True)
 
     def delete_item(self, item_id: str) -> None:
         """Remove an item: out of media/ first, then the index, then the files."""
@@ -312,6 +336,41 @@ class Store:
             return {"added": moved, "kept": len(new_items) - len(moved),
                     "removed": len(removed)}
 
+    def replace_render(self, item_id: str, staging: str, changes: dict) -> bool:
+        """Swap in frames re-rendered for the current panel; False if the item is gone.
+
+        Each file is replaced atomically (`os.replace` within the data filesystem) and the
+        item directory fsynced before the index records the new `render`. A crash in between
+        leaves valid frames whose meta still names the old render: they are simply rendered
+        again at the next start.
+        """
+        with self._lock:
+            if item_id not in self._items:
+                return False
+            directory = self.item_dir(item_id)
+            try:
+                for name in ("frames.bin", "thumb.png"):
+                    os.replace(os.path.join(staging, name), os.path.join(directory, name))
+                fsync_dir(directory)
+            except OSError as exc:
+                raise storage_error(exc) from exc
+            meta = dict(self._items[item_id], **changes)
+
+            def change():
+                self._items[item_id] = meta
+                self._pending = self._pending - {item_id}
+            saved_pending = self._pending
+            try:
+                self._transaction(change)
+            except MediaError:
+                self._pending = saved_pending
+                raise
+            try:
+                write_json_atomic(os.path.join(directory, "meta.json"), meta)
+            except OSError as exc:  # the index holds the change; meta.json catches up later
+                log.warning("meta.json of %s not updated: %s", item_id, exc)
+            return True
+
     def update_item(self, item_id: str, changes: dict) -> dict:
         """Change an item's editable fields (already validated by the caller)."""
         with self._lock:
@@ -360,22 +419,25 @@ class Store:
                 return False
             try:
                 self._write_index()
-            except OSError as exc:
-                log.error("settings not saved: %s", exc)
-                return False
+            except OSError:
+                return False  # logged and shown in health; tried again at the next change
             return True
 
     # ---- start-up recovery -------------------------------------------------------------
     def open(self) -> dict:
         """Recover the data directory and load the library; returns what recovery did."""
         report = {"tmp_removed": 0, "orphans_removed": 0, "dropped": [], "rebuilt": False,
-                  "bad_index_kept": None}
+                  "bad_index_kept": None, "restored": [], "temp_files_removed": 0}
         with self._lock:
             os.makedirs(self.media_dir, exist_ok=True)
             os.makedirs(self.tmp_dir, exist_ok=True)
-            report["tmp_removed"] = _empty_dir(self.tmp_dir)
+            report["temp_files_removed"] = _remove_temp_files(self.data_dir)
             doc, needs_write = self._load_index(report)
             self._items = {m["id"]: m for m in doc["items"]}
+            report["restored"] = self._restore_unfinished_deletes()
+            report["tmp_removed"] = _empty_dir(self.tmp_dir)
+            if report["tmp_removed"]:
+                fsync_dir(self.tmp_dir)
             self._loop = [i for i in doc["loop"] if i in self._items]
             self._settings = dict(self._defaults, **doc.get("settings", {}))
             for item_id in list(self._items):
@@ -386,14 +448,34 @@ class Store:
                     needs_write = True
             self._loop = [i for i in self._loop if i in self._items]
             report["orphans_removed"] = self._remove_orphans()
+            for item_id in self._items:
+                report["temp_files_removed"] += _remove_temp_files(self.item_dir(item_id))
             if needs_write:
                 self._write_index()
             self._publish()
         self.recovery = report
-        if report["tmp_removed"] or report["orphans_removed"] or report["dropped"] \
-                or report["rebuilt"]:
+        if any(report[k] for k in ("tmp_removed", "orphans_removed", "dropped", "rebuilt",
+                                   "restored", "temp_files_removed")):
             log.warning("recovery: %s", report)
+        else:
+            log.info("recovery: the data directory was clean (%d items)", len(self._items))
         return report
+
+    def _restore_unfinished_deletes(self) -> list[str]:
+        """A delete renamed `media/<id>` into tmp/ but the index still lists it: the crash
+        came before the delete's commit point, so the item comes back."""
+        restored = []
+        for name in sorted(os.listdir(self.tmp_dir)):
+            parts = name.split("-")
+            if len(parts) != 3 or parts[0] != "deleted" or parts[1] not in self._items:
+                continue
+            final = os.path.join(self.media_dir, parts[1])
+            if not os.path.lexists(final):
+                os.rename(os.path.join(self.tmp_dir, name), final)
+                restored.append(parts[1])
+        if restored:
+            fsync_dir(self.media_dir)
+        return restored
 
     def _load_index(self, report: dict) -> tuple[dict, bool]:
         try:
@@ -485,6 +567,16 @@ def _remove(path: str) -> None:
             os.unlink(path)
         except OSError:
             pass
+
+
+def _remove_temp_files(directory: str) -> int:
+    """Half-written `write_json_atomic` temp files (`.<name>.<hex>.tmp`) left by a crash."""
+    removed = 0
+    for name in os.listdir(directory):
+        if name.startswith(".") and name.endswith(".tmp"):
+            _remove(os.path.join(directory, name))
+            removed += 1
+    return removed
 
 
 def _empty_dir(path: str) -> int:

@@ -18,6 +18,7 @@ import multipart
 
 from loop import media
 from loop.frames import FrameFile
+from loop.maintenance import render_key
 from loop.media import MediaError
 from loop.store import MAX_NAME, Store, now_iso, storage_error
 
@@ -101,7 +102,8 @@ class Jobs:
         """Forget finished jobs older than `keep_sec`; returns how many."""
         cutoff = self._clock() - self.keep_sec
         with self._lock:
-            old = [k for k, j in self._jobs.items() if j.finished and j.finished < cutoff]
+            old = [k for k, j in self._jobs.items()
+                   if j.finished is not None and j.finished < cutoff]
             for key in old:
                 del self._jobs[key]
             if old:
@@ -126,13 +128,19 @@ class Intake:
         self.store, self.jobs, self.cfg = store, jobs, cfg
         self.target = target  # callable -> media.Target for the current panel and fit
         self.slots = slots
+        self.after_commit = None  # called after a new item is stored (re-render check)
 
     # ---- admission (before a byte of the body is read) ---------------------------------
     def check_disk(self, length: int) -> None:
-        """507 when storing `length` more bytes would cross the free-disk floor."""
+        """507 when storing `length` more bytes would cross the free-disk floor.
+
+        An item needs its original (`length`) plus a frame file of at most
+        `media.max_item_mb`; both are counted before a byte of the body is read.
+        """
         st = os.statvfs(self.store.data_dir)
         total = st.f_blocks * st.f_frsize
-        free = st.f_bavail * st.f_frsize - 2 * length  # original + frames, roughly
+        needed = length + int(self.cfg.media.max_item_mb * 1024 * 1024)
+        free = st.f_bavail * st.f_frsize - needed
         if total and free * 100 / total < self.cfg.system.min_free_disk_percent:
             raise MediaError(507, "insufficient_storage", "not enough free storage for this "
                              f"upload (keeping {self.cfg.system.min_free_disk_percent:g} % free)")
@@ -245,6 +253,8 @@ class Intake:
             result.update(status=exc.status, error=exc.message, code=exc.code)
             return result
         self.jobs.update(job, stage="done", progress=1.0, item=item_id)
+        if created and self.after_commit is not None:
+            self.after_commit()  # the fit may have changed while this one rendered
         result.update(status=201 if created else 200, item=item)
         return result
 
@@ -255,7 +265,6 @@ class Intake:
         try:
             target = self.target()
             deadline = time.monotonic() + self.cfg.media.decode_timeout_sec
-            ext = media.detect_extension(received.path)
             frames_path = os.path.join(staging, "frames.bin")
 
             def progress(fraction):
@@ -267,20 +276,18 @@ class Intake:
                 media.write_thumb(frame_file.frame(0), target,
                                   os.path.join(staging, "thumb.png"))
                 frame_file.close()
-                os.rename(received.path, os.path.join(staging, f"original.{ext}"))
+                os.rename(received.path, os.path.join(staging, f"original.{rendered.ext}"))
             except OSError as exc:
                 raise storage_error(exc) from exc
             meta = {
                 "id": item_id, "name": received.name, "kind": rendered.kind,
-                "format": rendered.format.lower(), "ext": ext,
+                "format": rendered.format.lower(), "ext": rendered.ext,
                 "width": rendered.width, "height": rendered.height,
                 "frames": rendered.frames, "duration_ms": rendered.duration_ms,
                 "bytes": received.size, "sha256": received.sha256,
                 "created_at": now_iso(), "loop_count": None, "duration_sec": None,
                 "notes": rendered.notes,
-                "render": {"width": target.width, "height": target.height,
-                           "pixel_format": target.pixel_format, "fit": target.fit,
-                           "rotation": target.rotation},
+                "render": render_key(target),
                 "_staging": staging,
             }
             return meta
