@@ -98,6 +98,10 @@ def post_restore(client: Client, data: bytes, **kw):
                           **kw)
 
 
+def settled(app) -> bool:
+    return not app.store.view.pending and not app.maintenance.running
+
+
 def rendered(app) -> bool:
     view = app.store.view
     return bool(view.items) and all(
@@ -111,6 +115,7 @@ def source(make_app, tmp_path):
     app = make_app(web__api_token=TOKEN, schedule__timezone="Europe/Berlin",
                    system__data_dir=str(tmp_path / "source"))
     built = build_library(app)
+    wait_for(lambda: settled(app), timeout=30)  # re-rendered for the new fit
     client = Client(app.server.port)
     built.update(app=app, client=client, state=library_state(client),
                  archive=get_backup(client))
