@@ -17,6 +17,7 @@ import math
 import mimetypes
 import os
 import re
+import zlib
 import socket
 import time
 from dataclasses import dataclass
@@ -375,7 +376,11 @@ class Api:
         out["in_loop"] = meta["id"] in self.app.store.view.loop
         out["quarantined"] = meta["id"] in self.app.player.quarantined
         out["pending"] = meta["id"] in self.app.store.view.pending  # waits for a re-render
-        out["thumb"] = f"/api/media/{meta['id']}/thumb.png"
+        # The id is a content hash, but a re-render (new fit or panel) changes the picture:
+        # the query names the rendering so an immutable cache never shows a stale one.
+        render = meta.get("render") or {}
+        version = zlib.crc32(json.dumps(render, sort_keys=True).encode()) & 0xFFFFFFFF
+        out["thumb"] = f"/api/media/{meta['id']}/thumb.png?v={version:08x}"
         return out
 
     # ---- static ------------------------------------------------------------------------

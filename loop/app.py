@@ -115,9 +115,9 @@ class App:
         self.player = Player(self.store, self.driver, self.breaker, self.cfg,
                              hint_lines=self.url_lines(), brightness=boot.brightness)
         self.monitor = Monitor(self, self.notifier)
-        self.player.start()
-        if self.cfg.display.boot_screen_sec > 0:
+        if self.cfg.display.boot_screen_sec > 0:  # queued first: the first thing shown
             self.player.screen(["LOOP"] + self.url_lines(), self.cfg.display.boot_screen_sec)
+        self.player.start()
         self.player.command("library", wait=False)
         self.serve()
         self.monitor.start()

@@ -30,7 +30,7 @@ def test_multipart_upload_creates_item(app, client):
     assert item["name"] == "cat.gif" and item["kind"] == "animation"
     assert (item["width"], item["height"], item["frames"]) == (32, 16, 3)
     assert item["duration_ms"] == 600 and item["in_loop"] is True
-    assert item["thumb"] == f"/api/media/{item['id']}/thumb.png"
+    assert item["thumb"].startswith(f"/api/media/{item['id']}/thumb.png?v=")
     assert len(item["id"]) == 16
     # the job is visible with its final stage and item
     jobs = client.get("/api/poll/progress").data["jobs"]
@@ -290,3 +290,11 @@ def test_switching_items_while_paused_shows_the_new_item(client):
         assert reply.status == 200
         assert Image.open(io.BytesIO(reply.body)).convert("RGB").getpixel((30, 15)) == \
             (0, 255, 0)
+
+
+def test_thumb_url_changes_when_the_item_is_rendered_again(client):
+    item = client.upload([("wide.png", png_bytes(size=(128, 32)))]).data["results"][0]["item"]
+    client.put("/api/display", json_body={"fit": "stretch"})
+    wait_for(lambda: client.get(f"/api/media/{item['id']}").data["thumb"] != item["thumb"])
+    fresh = client.get(f"/api/media/{item['id']}").data["thumb"]
+    assert client.get(fresh).status == 200
