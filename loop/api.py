@@ -17,9 +17,9 @@ import math
 import mimetypes
 import os
 import re
-import zlib
 import socket
 import time
+import zlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
