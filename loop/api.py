@@ -18,13 +18,14 @@ import mimetypes
 import os
 import re
 import socket
+import time
 import zlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import multipart
 
-from loop import __version__, media, metrics, screens
+from loop import __version__, backup, media, metrics, schedule, screens
 from loop.config import FITS
 from loop.media import MediaError
 from loop.player import MODES
@@ -83,13 +84,15 @@ class Route:
     handler: str
     rate: str  # rate-limit class: poll | control | upload | static
     doc: str
+    body_limit: str = "media.max_upload_mb"  # the config key bounding its request body
 
 
-def _route(method, path, handler, rate, doc) -> Route:
+def _route(method, path, handler, rate, doc, **extra) -> Route:
     regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)
-    return Route(method, re.compile(f"\\A{regex}\\Z"), handler, rate, doc)
+    return Route(method, re.compile(f"\\A{regex}\\Z"), handler, rate, doc, **extra)
 
 
+BACKUP_PATH = "/api/backup"     # a GET that still needs the token: it hands out the library
 ROUTES = [
     _route("GET", "/", "dashboard", "static", "the web dashboard"),
     _route("GET", "/api", "index", "poll", "this index of routes"),
@@ -118,6 +121,15 @@ ROUTES = [
            "what the panel shows now (?scale=)"),
     _route("POST", "/api/display/reset", "reset_display", "control",
            "clear the panel's crash marker and breaker, then restart the service"),
+    _route("GET", "/api/schedule", "get_schedule", "poll",
+           "night/dim rules, their time zone and what they want now"),
+    _route("PUT", "/api/schedule", "put_schedule", "control",
+           "replace the night/dim rules: {\"rules\": [{days, start, end, brightness}]}"),
+    _route("GET", BACKUP_PATH, "backup", "control",
+           "download a backup of the library (tar; needs the token when one is set)"),
+    _route("POST", "/api/restore", "restore", "upload",
+           "replace the library with a backup: the tar as the raw body",
+           body_limit="media.max_restore_mb"),
     _route("GET", "/metrics", "metrics", "poll",
            "Prometheus text exposition of the health numbers"),
     _route("GET", "/{asset}", "asset", "static", "dashboard scripts and styles"),
@@ -140,7 +152,6 @@ def _no_route(request: Request, allowed: list[Route]) -> ApiError:
 
 # ---- access rules ------------------------------------------------------------------------
 SAFE_METHODS = ("GET", "HEAD")  # everything else changes something: token and Origin rules
-BACKUP_PATH = "/api/backup"     # a GET that still needs the token: it hands out the library
 _HOST_NAME = re.compile(r"[a-z0-9._%:-]+")
 
 
@@ -286,7 +297,7 @@ class Api:
                 self._rate_limit(front.limiter, request)   # 429 + Retry-After
                 access.check_token(request)                # 401 + WWW-Authenticate
                 access.check_origin(request)               # 403
-                request.body = front.frame_body(self.body_limit())  # 400/411/413/501
+                request.body = front.frame_body(*self.body_limit(route))  # 400/411/413/501
                 if route is None:                          # 404 / 405 + Allow
                     raise _no_route(request, allowed)
                 response = getattr(self, route.handler)(request, **params)
@@ -307,9 +318,12 @@ class Api:
             cached = self._access = (web, Access(web))
         return cached[1]
 
-    def body_limit(self) -> int:
-        """The largest request body any route takes: `media.max_upload_mb`, in bytes."""
-        return int(self.app.cfg.media.max_upload_mb * 1024 * 1024)
+    def body_limit(self, route: Route | None = None) -> tuple[int, str]:
+        """The largest request body a route takes, in bytes, and the key that says so:
+        `media.max_upload_mb`, or the route's own (`media.max_restore_mb` for a restore)."""
+        key = route.body_limit if route is not None else Route.body_limit
+        section, name = key.split(".")
+        return int(getattr(getattr(self.app.cfg, section), name) * 1024 * 1024), key
 
     @staticmethod
     def _rate_limit(limiter, request: Request) -> None:
@@ -583,10 +597,70 @@ class Api:
         if "fit" in body and body["fit"] not in FITS:
             raise ApiError(422, "validation_failed", "fit must be contain, cover or stretch")
         if "brightness" in body:
-            self.app.player.command("brightness", value=body["brightness"])
+            self.app.set_brightness(body["brightness"])
         if "fit" in body:
             self.app.set_fit(body["fit"])
         return envelope(200, self.app.display_state())
+
+    # ---- backup and restore ------------------------------------------------------------
+    def backup(self, request):
+        """The library as a tar, streamed with its exact Content-Length (no frames)."""
+        try:
+            archive = backup.plan_store(self.app.store)
+        except OSError as exc:
+            raise ApiError(500, "internal", f"an item's original is unreadable: "
+                           f"{exc.strerror or exc}") from None
+        host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "loop"
+        name = f"loop-backup-{host}-{time.strftime('%Y%m%d-%H%M%S')}.tar"
+        return Response(200, b"", "application/x-tar", {
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+            stream=archive.chunks(), length=archive.length)
+
+    def restore(self, request):
+        """Replace the library with a backup sent as the raw body (streamed, checked in
+        tmp/, swapped in with the commit protocol)."""
+        body = request.body
+        if body is None:
+            raise ApiError(411, "length_required", "send the backup with a Content-Length")
+        if body.length == 0:
+            raise ApiError(400, "bad_request", "the body is empty; send the backup tar")
+        if request.headers.get("Content-Type", "").lower().startswith("multipart/"):
+            raise ApiError(415, "unsupported_media", "send the tar itself as the body, e.g. "
+                           "curl --data-binary @loop.tar -H 'Content-Type: application/x-tar'")
+        if not self.app.slots.acquire(blocking=False):
+            raise ApiError(503, "busy", "all processing slots are busy; try again shortly",
+                           {"Retry-After": "2"})
+        try:
+            self.app.intake.check_disk(body.length)
+            report = self.app.restore(body.read, body.length)
+        finally:
+            self.app.slots.release()
+        return envelope(200, report, f"library restored: {report['items']} items")
+
+    # ---- schedule ----------------------------------------------------------------------
+    def get_schedule(self, request):
+        return envelope(200, self._schedule_data())
+
+    def put_schedule(self, request):
+        body = self._json_body(request)
+        unknown = set(body) - {"rules"}
+        if unknown:
+            raise ApiError(422, "validation_failed", f"{sorted(unknown)[0][:40]} cannot be set "
+                           "here; send {\"rules\": [...]}")
+        if "rules" not in body:
+            raise ApiError(422, "validation_failed", "rules: is required (a list, may be empty)")
+        try:
+            self.app.scheduler.set_rules(body["rules"])
+        except schedule.RuleError as exc:
+            raise ApiError(422, "validation_failed", str(exc)) from None
+        return envelope(200, self._schedule_data(), "schedule saved")
+
+    def _schedule_data(self) -> dict:
+        scheduler = self.app.scheduler
+        return {"rules": [rule.as_dict() for rule in scheduler.rules],
+                "now": scheduler.now().isoformat(timespec="seconds"),
+                "state": scheduler.status()}
 
     def reset_display(self, request):
         restarting = self.app.reset_display()

@@ -16,14 +16,14 @@ import sys
 import threading
 import time
 
-from loop import __version__, config, display, media, server
+from loop import __version__, backup, config, display, media, schedule, server
 from loop.api import Api
 from loop.breaker import Breaker
 from loop.maintenance import Maintenance
 from loop.monitor import Monitor
 from loop.player import Player
 from loop.sdnotify import Notifier
-from loop.store import Store
+from loop.store import Store, lock_data_dir
 from loop.uploads import Intake, Jobs
 
 log = logging.getLogger("loop.app")
@@ -35,7 +35,7 @@ RESTART_KEYS = ("web.host", "web.port", "web.max_concurrent_requests", "system.d
                 "system.user", "processing.max_concurrent_jobs") + tuple(
     f"display.{k}" for k in config.SCHEMA["display"] if k not in ("brightness", "fit"))
 # Keys that are only defaults of runtime settings: a reload never overrides what people set.
-FIRST_START_KEYS = ("display.brightness", "display.fit")
+FIRST_START_KEYS = ("display.brightness", "display.fit", "schedule.rules")
 
 
 class App:
@@ -62,7 +62,14 @@ class App:
         self.store = Store(cfg.system.data_dir, {
             "brightness": cfg.display.brightness, "fit": cfg.display.fit, "mode": "all",
             "current": None})
+        self._zone_cache: tuple[str, object] | None = None
+        self.scheduler = schedule.Scheduler(
+            self.store, self.zone, default_rules=cfg.schedule.rules,
+            apply=self._apply_brightness,
+            current=lambda: self.player.brightness if self.player is not None else None)
         self.jobs = Jobs(cfg.processing.job_cleanup_hours * 3600)
+        self._restoring = threading.Lock()  # one restore at a time
+        self._data_lock: int | None = None  # fd holding DATA/loop.lock while running
         self.slots = threading.BoundedSemaphore(cfg.processing.max_concurrent_jobs)
         self.intake = Intake(self.store, self.jobs, cfg, self.target, self.slots)
         self.maintenance = Maintenance(self.store, self.jobs, self.slots, self.target,
@@ -85,6 +92,7 @@ class App:
     def start(self) -> None:
         """Bring the service up in the design's order; raises on a fatal start-up error."""
         os.makedirs(self.cfg.system.data_dir, exist_ok=True)
+        self._data_lock = lock_data_dir(self.cfg.system.data_dir)
         self.server = server.bind(self.cfg.web.host, self.cfg.web.port, self.cfg.web, self.api)
         self._set_service_groups()
         self._was_root = os.geteuid() == 0
@@ -101,8 +109,11 @@ class App:
         backlog = self.maintenance.mark()  # before anything plays: stale frames stay dark
         if backlog:
             log.info("%d item(s) wait to be re-rendered for %s", len(backlog), self.target())
+        self.scheduler.load()
+        # the schedule is evaluated before anything shows: a boot at 03:00 starts dimmed
+        boot = self.scheduler.evaluate("start-up")
         self.player = Player(self.store, self.driver, self.breaker, self.cfg,
-                             hint_lines=self.url_lines())
+                             hint_lines=self.url_lines(), brightness=boot.brightness)
         self.monitor = Monitor(self, self.notifier)
         if self.cfg.display.boot_screen_sec > 0:  # queued first: the first thing shown
             self.player.screen(["LOOP"] + self.url_lines(), self.cfg.display.boot_screen_sec)
@@ -151,6 +162,9 @@ class App:
         self.panel_lock.release()
         self.store.flush()
         self.notifier.close()
+        if self._data_lock is not None:
+            os.close(self._data_lock)
+            self._data_lock = None
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; SIGHUP reloads config.json. Returns the exit status."""
@@ -209,6 +223,9 @@ class App:
         if self.player is not None:
             self.player.cfg = self.cfg
         self.jobs.keep_sec = self.cfg.processing.job_cleanup_hours * 3600
+        self._zone_cache = None  # the zone name, or the system's zone, may have changed
+        self.scheduler.default_rules = self.cfg.schedule.rules
+        self.scheduler.load()
         if self.server is not None:
             self.server.reconfigure(self.cfg.web)
         logging.getLogger().setLevel(self.cfg.system.log_level)
@@ -265,6 +282,69 @@ class App:
             self.request_stop(EXIT_RESTART)
         return under_systemd
 
+    def restore(self, read, length: int | None = None) -> dict:
+        """Replace the library with a backup read from `read(n)` (see loop/backup.py), then
+        move the player, the schedule and the renderer to it. A refused archive raises and
+        leaves the library exactly as it was."""
+        if not self._restoring.acquire(blocking=False):
+            raise media.MediaError(409, "conflict", "a restore is already running")
+        try:
+            job = self.jobs.create("restore")
+            limit = int(self.cfg.media.max_restore_mb * 1024 * 1024)
+            try:
+                report = backup.restore(
+                    self.store, read, limit=limit, length=length,
+                    max_item_bytes=int(self.cfg.media.max_upload_mb * 1024 * 1024),
+                    progress=lambda got: self.jobs.update(
+                        job, progress=got / length if length else None))
+            except BaseException as exc:
+                message = getattr(exc, "message", None) or "restore aborted"
+                self.jobs.update(job, stage="failed", error=message)
+                raise
+            self.jobs.update(job, stage="done", progress=1.0)
+        finally:
+            self._restoring.release()
+        self._library_restored()
+        report["rendering"] = len(report["added"])
+        return report
+
+    def _library_restored(self) -> None:
+        """After a restore: the schedule and the mode may have changed, new items need frames
+        for this panel, and the player moves to the restored library."""
+        self.scheduler.load()
+        self.scheduler.evaluate("library restored")
+        if self.player is not None:
+            mode = self.store.settings.get("mode", "all")
+            if mode != self.player.mode:
+                self.player.command("mode", mode=mode, wait=False)
+        self.render_library()
+        if self.player is not None:
+            self.player.command("library", wait=False)
+
+    def render_library(self) -> None:
+        """Render every item whose frames do not fit the current panel (restored items have
+        none yet): the maintenance thread's job."""
+        self.maintenance.schedule()
+
+    def zone(self):
+        """The schedule's time zone (schedule.timezone, else the system's), cached until a
+        reload."""
+        name = self.cfg.schedule.timezone
+        if self._zone_cache is None or self._zone_cache[0] != name:
+            self._zone_cache = (name, schedule.zone_named(name))
+        return self._zone_cache[1]
+
+    def set_brightness(self, value: int) -> None:
+        """A brightness set by hand: the schedule decides whether it is the new manual
+        brightness or an override until the next rule boundary."""
+        decision = self.scheduler.set_brightness(value)
+        self.player.command("brightness", value=decision.brightness, remember=False)
+
+    def _apply_brightness(self, value: int) -> None:
+        """The schedule's wanted brightness (monitor thread: never waits for the player)."""
+        if self.player is not None:
+            self.player.command("brightness", value=value, remember=False, wait=False)
+
     def set_fit(self, fit: str) -> None:
         """A new fit mode: items rendered for another one wait for the maintenance thread."""
         self.store.update_settings(durable=True, fit=fit)
@@ -297,11 +377,12 @@ class App:
         display_status = self.display_status()
         jobs_active = self.jobs.active
         version = f"{player.version}.{view.version}.{self.jobs.version}.{breaker}." \
-                  f"{display_status}"
+                  f"{display_status}.{self.scheduler.version}"
         data = {"player": player.as_dict(self.player.frame_index),
                 "display": {"driver": self.driver.name, "status": display_status,
                             "breaker": breaker},
                 "library": {"items": len(view.items), "bytes": view.bytes},
+                "schedule": self.scheduler.status(),
                 "jobs_active": jobs_active, "version": version}
         return data, version
 
@@ -407,6 +488,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.selftest and (args.json or args.stop_service or args.pattern_sec is not None):
         parser.error("--json, --stop-service and --pattern-sec go with --selftest")
+    if args.selftest and args.command:
+        parser.error(f"--selftest does not go with {args.command}")
     try:
         cfg = config.load(args)
     except config.ConfigError as exc:
@@ -421,6 +504,8 @@ def main(argv=None) -> int:
         return selftest.main(cfg, args)
     logging.basicConfig(level=cfg.system.log_level, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "command", None) in ("backup", "restore"):
+        return backup.command(args, cfg)
     app = App(cfg, args=args)
     try:
         return app.run()

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
+from loop import schedule
+
 
 class ConfigError(Exception):
     """A bad configuration file, key or value; the message names the key and what is allowed."""
@@ -51,6 +53,14 @@ def _str_list(value):
 def _rgb_sequence(value):
     if sorted(value.upper()) != ["B", "G", "R"]:
         return "must be a permutation of RGB (e.g. RGB, RBG, GRB)"
+    return None
+
+
+def _schedule_rules(value):
+    try:
+        schedule.parse_rules(list(value))
+    except schedule.RuleError as exc:
+        return str(exc)
     return None
 
 
@@ -196,6 +206,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rate_table_size": Key(1024, int, "clients tracked by the rate limiter", 1, 1_000_000),
         "access_log": Key(True, bool, "log one line per non-polling request"),
     },
+    "schedule": {
+        "rules": Key([], list, "night/dim rules at first start, e.g. [{\"days\": [], \"start\": "
+                     "\"22:00\", \"end\": \"07:00\", \"brightness\": 10}]; the runtime "
+                     "setting (PUT /api/schedule) overrides them", check=_schedule_rules),
+        "timezone": Key("", str, "IANA zone the rules' times are in, e.g. Europe/Berlin; "
+                        "empty = the system's local zone", check=schedule.check_zone_name),
+    },
     "system": {
         "data_dir": Key("/var/lib/loop", str, "media library and runtime settings"),
         "user": Key("loop", str, "service user to drop to when started as root"),
@@ -237,6 +254,7 @@ class Config:
     media: Any
     processing: Any
     web: Any
+    schedule: Any
     system: Any
 
     def as_dict(self) -> dict:
@@ -366,18 +384,30 @@ FLAG_KEYS = {"data_dir": "system.data_dir", "host": "web.host", "port": "web.por
              "display": "display.driver"}
 
 
+def _add_flags(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+    # On a subcommand the flags default to SUPPRESS, so they do not overwrite values given
+    # before the subcommand (`loop.py --data-dir D backup` and `loop.py backup --data-dir D`).
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config", default=argparse.SUPPRESS if suppress else
+                        os.environ.get("LOOP_CONFIG", "config.json"),
+                        help="path of config.json (default: ./config.json or $LOOP_CONFIG)")
+    parser.add_argument("--data-dir", default=default,
+                        help="data directory (system.data_dir)")
+    parser.add_argument("--host", default=default, help="address to listen on (web.host)")
+    parser.add_argument("--port", type=int, default=default,
+                        help="TCP port, 0 = any free port (web.port)")
+    parser.add_argument("--display", choices=DRIVERS, default=default,
+                        help="display driver (display.driver)")
+
+
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loop.py",
         description="LOOP: upload GIFs, images and videos over HTTP and loop them on an LED "
                     "matrix. Settings come from config.json, then LOOP_<SECTION>__<KEY> "
-                    "environment variables, then these flags.")
-    parser.add_argument("--config", default=os.environ.get("LOOP_CONFIG", "config.json"),
-                        help="path of config.json (default: ./config.json or $LOOP_CONFIG)")
-    parser.add_argument("--data-dir", help="data directory (system.data_dir)")
-    parser.add_argument("--host", help="address to listen on (web.host)")
-    parser.add_argument("--port", type=int, help="TCP port, 0 = any free port (web.port)")
-    parser.add_argument("--display", choices=DRIVERS, help="display driver (display.driver)")
+                    "environment variables, then these flags. Without a command it runs the "
+                    "service.")
+    _add_flags(parser)
     test = parser.add_argument_group(
         "self-test", "run it on the device first (sudo make selftest) and attach its output "
         "to bug reports; exit status 0 = fine, 1 = something is wrong, 3 = refused because "
@@ -392,6 +422,21 @@ def argument_parser() -> argparse.ArgumentParser:
     test.add_argument("--pattern-sec", type=_pattern_sec, default=None, metavar="SECONDS",
                       help=f"with --selftest: how long the test pattern shows (default "
                            f"{PATTERN_SEC:g})")
+    commands = parser.add_subparsers(dest="command", metavar="{backup,restore}")
+    backup = commands.add_parser(
+        "backup", help="write a backup of the library (tar) to stdout or --output",
+        description="Write the library (index, each item's meta.json and original, the "
+                    "runtime settings; no frames) as a tar. Safe while the service runs.")
+    _add_flags(backup, suppress=True)
+    backup.add_argument("--output", "-o", help="write to this file instead of stdout")
+    restore = commands.add_parser(
+        "restore", help="replace the library with a backup (tar) from stdin or --input",
+        description="Check a backup completely, then swap it in (the old library stays "
+                    "intact if anything is wrong). The service must be stopped; restored "
+                    "items are rendered for the panel when it starts. Run it as the service "
+                    "user, or as root (files are then given to the data directory's owner).")
+    _add_flags(restore, suppress=True)
+    restore.add_argument("--input", "-i", help="read from this file instead of stdin")
     return parser
 
 

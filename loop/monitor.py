@@ -41,6 +41,7 @@ MIN_STALE_SEC = 1.0  # a heartbeat is never called stale sooner than this (sched
 GC_MIN_GAP_SEC = 10.0  # gc.collect() at most this often while memory is over a line
 VCGENCMD_EVERY_SEC = 30.0  # `vcgencmd get_throttled` is a process spawn: not every sample
 TMP_SWEEP_MAX_GAP_SEC = 60.0
+SCHEDULE_LAG_SEC = 0.05  # wake this long after a minute boundary, so the new minute is seen
 THERMAL_DIR = "sys/class/thermal"
 THROTTLED_SYSFS = "sys/devices/platform/soc/soc:firmware/get_throttled"
 
@@ -271,6 +272,9 @@ class Monitor(threading.Thread):
         ping = self.notifier.watchdog_interval()
         if ping and not self.stale:
             due = min(due, self._last_ping + ping)
+        scheduler = getattr(self.app, "scheduler", None)
+        if scheduler is not None:  # wake just after each wall-clock minute boundary
+            due = min(due, now + scheduler.seconds_to_next_minute() + SCHEDULE_LAG_SEC)
         return min(self.app.cfg.system.monitor_interval_sec, max(0.001, due - now))
 
     def tick(self) -> None:
@@ -278,8 +282,8 @@ class Monitor(threading.Thread):
         and the watchdog step comes first."""
         now = self.clock()
         self.ticks += 1
-        for step in (self._heartbeats, self._sample_if_due, self._housekeeping,
-                     self._send_status):
+        for step in (self._heartbeats, self._schedule, self._sample_if_due,
+                     self._housekeeping, self._send_status):
             try:
                 step(now)
             except Exception:
@@ -334,6 +338,13 @@ class Monitor(threading.Thread):
             return
         if player.commands.empty():  # a stuck thread would only pile them up
             player.command("library", wait=False)
+
+    # ---- the night/dim schedule ----------------------------------------------------------
+    def _schedule(self, now: float) -> None:
+        """Level-triggered: each minute boundary, after a clock jump or a rule change."""
+        scheduler = getattr(self.app, "scheduler", None)
+        if scheduler is not None:
+            scheduler.tick()
 
     # ---- sampling ----------------------------------------------------------------------
     def _sample_if_due(self, now: float) -> None:

@@ -77,7 +77,7 @@ class Player(threading.Thread):
     """Plays the loop on the driver, through the circuit breaker."""
 
     def __init__(self, store, driver, breaker, cfg, *, hint_lines=(), clock=time.monotonic,
-                 rng=None):
+                 rng=None, brightness: int | None = None):
         super().__init__(name="display", daemon=True)
         self.store, self.driver, self.breaker, self.cfg = store, driver, breaker, cfg
         self.hint_lines = list(hint_lines)
@@ -88,7 +88,9 @@ class Player(threading.Thread):
         self.commands: queue.SimpleQueue = queue.SimpleQueue()
         settings = store.settings
         self.mode = settings.get("mode", "all")
-        self.brightness = int(settings.get("brightness", cfg.display.brightness))
+        # `brightness`: what the schedule wants at start-up, else the saved setting
+        self.brightness = int(brightness if brightness is not None
+                              else settings.get("brightness", cfg.display.brightness))
         self.paused = False
         self.heartbeat = clock()
         self.frame_index = 0
@@ -191,9 +193,11 @@ class Player(threading.Thread):
         self.store.update_settings(mode=mode)
         self._changed()
 
-    def _cmd_brightness(self, value: int):
+    def _cmd_brightness(self, value: int, remember: bool = True):
+        # remember=False: the schedule's brightness is shown, not saved as the manual one
         self.brightness = value
-        self.store.update_settings(brightness=value)
+        if remember:
+            self.store.update_settings(brightness=value)
         self._apply_brightness()
         self._changed()
 

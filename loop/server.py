@@ -32,6 +32,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -213,6 +214,15 @@ class Response:
     content_type: str = "application/json"
     headers: dict = field(default_factory=dict)
     route_class: str = "none"  # the route's rate class, set by the API; for /metrics
+    # A streamed body instead of `body`: an iterable of byte chunks adding up to exactly
+    # `length` bytes (sent as Content-Length). Iterated while the answer is written, after the
+    # admission slot is released; an iterable that fails or comes up short cuts the connection.
+    stream: Iterable[bytes] | None = None
+    length: int = 0
+
+    @property
+    def content_length(self) -> int:
+        return self.length if self.stream is not None else len(self.body)
 
 
 class Counters:
@@ -489,7 +499,7 @@ class LoopHandler(BaseHTTPRequestHandler):
         finally:
             server.slots.release()
 
-    def frame_body(self, limit: int) -> BodyReader | None:
+    def frame_body(self, limit: int, key: str = "media.max_upload_mb") -> BodyReader | None:
         """The framing rules, before a byte of the body is read: Transfer-Encoding 501 (411
         without a length), a duplicate or non-numeric Content-Length 400, over `limit` 413."""
         length = self._declared_length()
@@ -497,7 +507,7 @@ class LoopHandler(BaseHTTPRequestHandler):
             return None
         if length > limit:
             raise HttpError(413, "payload_too_large", f"the body ({length} bytes) is larger "
-                            f"than media.max_upload_mb allows ({limit} bytes)", close=True)
+                            f"than {key} allows ({limit} bytes)", close=True)
         return self._body_reader(length)
 
     def _declared_length(self) -> int | None:
@@ -550,7 +560,7 @@ class LoopHandler(BaseHTTPRequestHandler):
         self.connection.settimeout(web.request_timeout_seconds)  # the whole write
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("Content-Length", str(response.content_length))
         for key, value in response.headers.items():
             self.send_header(key, value)
         if self.close_connection:
@@ -570,8 +580,38 @@ class LoopHandler(BaseHTTPRequestHandler):
             self.flush_headers()
             if body:
                 self.wfile.write(body)
+            if response.stream is not None and self.command != "HEAD":
+                self._send_stream(response)
         finally:
-            self._log_access(response.status, len(response.body))
+            self._log_access(response.status, response.content_length)
+
+    def _send_stream(self, response: Response) -> None:
+        """Write a streamed body; if it fails or does not add up to its Content-Length the
+        client must not take it for complete: the connection is cut without a linger."""
+        sent = 0
+        chunks = iter(response.stream)
+        try:
+            for chunk in chunks:
+                sent += len(chunk)
+                if sent > response.length:
+                    break
+                self.wfile.write(chunk)
+        except CLIENT_GONE:
+            raise  # the client left: handled like any other broken write
+        except OSError as exc:  # the source failed (a file vanished)
+            log.error("streamed answer to %s broken after %d of %d bytes: %s",
+                      self.client_address[0], sent, response.length, exc)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        if sent != response.length:
+            log.error("streamed answer to %s cut: %d of %d bytes", self.client_address[0],
+                      sent, response.length)
+            self.close_connection = True
+            self._linger = False
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     def _send_error(self, exc: HttpError) -> None:
         from loop.api import envelope_error
@@ -625,7 +665,7 @@ class LoopHandler(BaseHTTPRequestHandler):
             except HttpError:
                 return None
             body = self._body_reader(length) if length else None
-        if body is None or body.failed or body.length > self.server.api.body_limit():
+        if body is None or body.failed or body.length > self.server.api.body_limit()[0]:
             return None
         return body
 

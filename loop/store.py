@@ -8,6 +8,7 @@ the index again (DESIGN.md, "Data directory").
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -65,6 +66,25 @@ def write_json_atomic(path: str, obj) -> None:
             pass
         raise
     fsync_dir(directory)
+
+
+LOCK_NAME = "loop.lock"
+
+
+def lock_data_dir(data_dir: str) -> int:
+    """Hold the data directory for this process (flock on DATA/loop.lock): the service while
+    it runs, an offline restore while it swaps. Returns the fd (closing it releases the lock);
+    raises BlockingIOError naming the problem when another process holds it."""
+    import fcntl
+    fd = os.open(os.path.join(data_dir, LOCK_NAME), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
+                 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise BlockingIOError(errno.EWOULDBLOCK, f"another LOOP process uses the data "
+                              f"directory {data_dir} (stop it first)") from None
+    return fd
 
 
 def now_iso() -> str:
@@ -242,6 +262,79 @@ class Store:
                 os.rename(graveyard, self.item_dir(item_id))
                 raise
             shutil.rmtree(graveyard, ignore_errors=True)
+
+    RESTORED_FIELDS = ("name", "created_at", "loop_count", "duration_sec")
+
+    def replace_library(self, staging_media: str, items: list, loop: list,
+                        settings: dict) -> dict:
+        """Swap in a restored library with the commit protocol: new items into media/ (ids
+        already here keep their directory and frames: same id, same bytes), then the new
+        index as the commit point, then the items it no longer lists are removed. A crash
+        at any point leaves the old library or the new one (recovery removes the unlisted).
+
+        `staging_media` holds `<id>/{meta.json, original.<ext>}` for each new item; restored
+        items have `render: null` and no frames until the maintenance thread renders them."""
+        with self._lock:
+            moved: list[str] = []
+            try:
+                for meta in items:
+                    item_id = meta["id"]
+                    if item_id in self._items:
+                        continue
+                    source = os.path.join(staging_media, item_id)
+                    if not os.path.exists(os.path.join(source, f"original.{meta['ext']}")):
+                        raise MediaError(409, "conflict", f"item {item_id} was deleted while "
+                                         "the restore ran; restore again")
+                    final = self.item_dir(item_id)
+                    if os.path.lexists(final):  # an unlisted leftover: not part of the library
+                        os.rename(final, os.path.join(self.tmp_dir, f"stale-{uuid.uuid4().hex}"))
+                    os.rename(source, final)
+                    moved.append(item_id)
+                if moved:
+                    fsync_dir(self.media_dir)
+            except (OSError, MediaError) as exc:
+                for item_id in moved:
+                    shutil.rmtree(self.item_dir(item_id), ignore_errors=True)
+                if isinstance(exc, MediaError):
+                    raise
+                raise storage_error(exc) from exc
+            kept = {}
+            new_items = {}
+            for meta in items:
+                current = self._items.get(meta["id"])
+                if current is None:
+                    new_items[meta["id"]] = dict(meta)
+                else:
+                    merged = dict(current, **{k: meta.get(k) for k in self.RESTORED_FIELDS})
+                    new_items[meta["id"]] = merged
+                    if merged != current:
+                        kept[meta["id"]] = merged
+            removed = [i for i in self._items if i not in new_items]
+
+            def change():
+                self._items = new_items
+                self._loop = list(loop)
+                self._settings.update(settings)
+                self._settings["brightness_override"] = None
+                if self._settings.get("current") not in new_items:
+                    self._settings["current"] = None
+            try:
+                self._transaction(change)  # the commit point
+            except MediaError:
+                for item_id in moved:
+                    shutil.rmtree(self.item_dir(item_id), ignore_errors=True)
+                raise
+            for item_id in removed:
+                _remove(self.item_dir(item_id))
+            if removed:
+                fsync_dir(self.media_dir)
+            for item_id, meta in kept.items():
+                try:
+                    write_json_atomic(os.path.join(self.item_dir(item_id), "meta.json"), meta)
+                except OSError as exc:  # the index holds the change; meta.json catches up
+                    log.warning("meta.json of %s not updated: %s", item_id, exc)
+            return {"added": moved, "kept": len(new_items) - len(moved),
+                    "removed": len(removed)}
 
     def replace_render(self, item_id: str, staging: str, changes: dict) -> bool:
         """Swap in frames re-rendered for the current panel; False if the item is gone.
@@ -428,8 +521,13 @@ class Store:
         directory = os.path.join(self.media_dir, item_id)
         if not os.path.isdir(directory):
             return "directory missing"
+        frames_path = os.path.join(directory, "frames.bin")
+        # a restored item (render: null) has no frames until the maintenance thread renders it
+        waiting = self._items[item_id].get("render", "") is None \
+            and not os.path.lexists(frames_path)
         try:
-            frames.validate(os.path.join(directory, "frames.bin"))
+            if not waiting:
+                frames.validate(frames_path)
         except (OSError, frames.FrameFileError) as exc:
             return f"frame file: {exc}"
         if not os.path.exists(self.original_path_for(self._items[item_id])):

@@ -252,7 +252,9 @@ def test_a_hung_panel_silences_the_watchdog_of_the_real_process(tmp_path, servic
         assert service.client.get("/api/poll/health").data["healthy"] is False
 
         service.proc.send_signal(signal.SIGABRT)  # systemd's default WatchdogSignal
-        assert service.proc.wait(10) == -signal.SIGABRT
+        # faulthandler walks the other threads' stacks while they run; its docs call that
+        # best effort, and under load the interpreter can fault after the dump is written
+        assert service.proc.wait(10) in (-signal.SIGABRT, -signal.SIGSEGV)
         stderr = service.stderr()
         assert "heartbeat stale: display" in stderr
         assert "Fatal Python error: Aborted" in stderr

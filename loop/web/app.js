@@ -44,7 +44,8 @@
  *   #health-checks              li[data-check=<name>][data-status]
  *   #health-memory #health-cpu #health-temp #health-disk #health-uptime #health-breaker
  *   #chart-rss #chart-cpu #chart-temp   <svg> sparklines (data-points = samples drawn)
- *   #schedule-panel #maintenance-panel  reserved for issue 10, hidden for now
+ *   #schedule-panel #maintenance-panel  filled by operator.js (its own list of hooks is at
+ *                               the top of that file)
  * ---------------------------------------------------------------------------------------
  *
  * Polling (one request in flight per endpoint, slower while the tab is hidden):
@@ -1554,7 +1555,13 @@
   //   - backup/restore: a download button fetching /api/backup with api()'s token header (or a
   //     plain link when no token is set) and a restore file input sent with xhrSend() for
   //     upload progress, both in #maintenance-body, unhiding #maintenance-panel.
-  window.LOOP = Object.freeze({ api, xhrSend, on, notify, explain, loadLibrary });
+  // (operator.js implements both; `token`/`requireToken` let it send the token with a plain
+  // fetch for the backup download and ask for it after a 401 from xhrSend.)
+  window.LOOP = Object.freeze({
+    api, xhrSend, on, notify, explain, loadLibrary,
+    token: () => auth.token(),
+    requireToken: (rejected) => auth.require(Boolean(rejected)),
+  });
 
   function start() {
     wire();

@@ -1,0 +1,468 @@
+/* LOOP dashboard, operator panels: the night/dim schedule and backup/restore.
+ * Plugs into app.js through window.LOOP (api, xhrSend, on, notify, explain, loadLibrary,
+ * token, requireToken); no framework, no inline script or style (CSP).
+ *
+ * Test contract (tests/test_dashboard_operator.py):
+ *   #schedule-panel            unhidden once the rules are loaded
+ *   #schedule-state            [data-testid=schedule-state] one sentence: what the schedule does
+ *                              now; data-active-rule (index or ""), data-override (true|false),
+ *                              data-next-change (ISO time or "")
+ *   #schedule-zone             the time zone the times are in
+ *   #schedule-rules            li[data-testid=schedule-rule][data-index][data-invalid?] with
+ *                              input[data-testid=rule-name|rule-start|rule-end|rule-brightness],
+ *                              input[data-testid=rule-day][value=monday…sunday] (none = every
+ *                              day), button[data-testid=rule-remove]
+ *   #schedule-add, #schedule-save, #schedule-revert  (same data-testid)
+ *   #schedule-message          [data-testid=schedule-message] the last save's error or result
+ *   #maintenance-panel         unhidden at start
+ *   #backup-download           [data-testid=backup-download] downloads loop-backup-….tar
+ *   #backup-status             [data-testid=backup-status] data-state idle|working|done|failed
+ *   #restore-file              [data-testid=restore-file] <input type=file accept=.tar>
+ *   #restore-start             [data-testid=restore-start] asks window.confirm first
+ *   #restore-progress          [data-testid=restore-progress] <progress>
+ *   #restore-status            [data-testid=restore-status] data-state idle|uploading|checking|
+ *                              done|failed, plain words
+ */
+(function () {
+  "use strict";
+
+  const LOOP = window.LOOP;
+  if (!LOOP) return;
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
+  const DAY_LABELS = ["Mo", "Tu", "We", "Th", "Fr", "Sa", "Su"];
+  const MAX_RULES = 32;
+
+  function h(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "text") node.textContent = value;
+      else if (key === "class") node.className = value;
+      else if (key.startsWith("on") && typeof value === "function") {
+        node.addEventListener(key.slice(2), value);
+      } else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of [].concat(children || [])) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function setState(node, state, text) {
+    node.dataset.state = state;
+    if (text !== undefined) node.textContent = text;
+  }
+
+  // "2024-06-11T07:00:00+02:00" -> "07:00" today, "Tue 07:00" within a week, else a date
+  function when(iso) {
+    if (!iso) return "";
+    const match = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d)/.exec(iso);
+    if (!match) return iso;
+    const hhmm = match[4] + ":" + match[5];
+    const then = new Date(Date.UTC(+match[1], +match[2] - 1, +match[3]));
+    const now = new Date();
+    const today = new Date(Date.UTC(now.getFullYear(), now.getMonth(), now.getDate()));
+    const days = Math.round((then - today) / 86400000);
+    if (days === 0) return hhmm;
+    if (days === 1) return "tomorrow " + hhmm;
+    if (days > 1 && days < 7) return DAY_LABELS[(then.getUTCDay() + 6) % 7] + " " + hhmm;
+    return match[1] + "-" + match[2] + "-" + match[3] + " " + hhmm;
+  }
+
+  // ---------------------------------------------------------------- schedule
+  const schedule = { rules: [], dirty: false, state: null, loaded: false };
+
+  function ruleLabel(index) {
+    const rule = schedule.rules[index];
+    const name = rule && rule.name ? "“" + rule.name + "”" : "rule " + (index + 1);
+    return name;
+  }
+
+  function describeState(st) {
+    if (!st) return "";
+    const next = st.next_change ? when(st.next_change) : "";
+    if (st.override) {
+      return "Brightness " + st.brightness + "% was set by hand and holds" +
+        (st.override_until ? " until " + when(st.override_until) : "") +
+        "; then the schedule takes over.";
+    }
+    if (st.active_rule !== null && st.active_rule !== undefined) {
+      return "Now: " + (st.active_name ? "“" + st.active_name + "”" : "rule " + (st.active_rule + 1)) +
+        " at " + st.rule_brightness + "%" + (next ? ", until " + next : "") + ".";
+    }
+    if (!st.rules) return "No rules: brightness is what you set (" + st.manual_brightness + "%).";
+    return "No rule active: brightness " + st.manual_brightness + "%" +
+      (next ? "; next change " + next + " (" +
+        (st.next_brightness === null ? "back to " + st.manual_brightness : st.next_brightness) +
+        "%)" : "") + ".";
+  }
+
+  function renderState(st) {
+    schedule.state = st;
+    const node = $("#schedule-state");
+    if (!node || !st) return;
+    node.textContent = describeState(st);
+    node.dataset.activeRule = st.active_rule === null || st.active_rule === undefined ? "" : String(st.active_rule);
+    node.dataset.override = st.override ? "true" : "false";
+    node.dataset.nextChange = st.next_change || "";
+    $("#schedule-zone").textContent = "Times are " + st.timezone + " time.";
+    for (const li of document.querySelectorAll("#schedule-rules [data-testid=schedule-rule]")) {
+      li.dataset.active = String(Number(li.dataset.index) === st.active_rule && !st.override);
+    }
+  }
+
+  function markDirty() {
+    schedule.dirty = true;
+    $("#schedule-save").disabled = false;
+    $("#schedule-revert").disabled = false;
+  }
+
+  function ruleRow(rule, index) {
+    const days = new Set(rule.days || []);
+    const update = (fn) => (e) => { fn(e.target); markDirty(); };
+    const dayBoxes = DAYS.map((day, i) => h("label", { class: "day", title: day }, [
+      h("input", {
+        type: "checkbox", value: day, "data-testid": "rule-day", checked: days.has(day),
+        onchange: update((el) => {
+          const set = new Set(schedule.rules[index].days || []);
+          if (el.checked) set.add(day); else set.delete(day);
+          schedule.rules[index].days = DAYS.filter((d) => set.has(d));
+          renderDaysHint(index);
+        }),
+      }),
+      h("span", { text: DAY_LABELS[i] }),
+    ]));
+    return h("li", { class: "rule", "data-testid": "schedule-rule", "data-index": index }, [
+      h("div", { class: "rule-line" }, [
+        h("input", {
+          type: "text", class: "rule-name", "data-testid": "rule-name", maxlength: 40,
+          placeholder: "Name (optional)", value: rule.name || "", "aria-label": "Rule name",
+          oninput: update((el) => {
+            const name = el.value.trim();
+            if (name) schedule.rules[index].name = name; else delete schedule.rules[index].name;
+          }),
+        }),
+        h("button", {
+          type: "button", class: "btn btn-small btn-quiet", "data-testid": "rule-remove",
+          "aria-label": "Remove this rule", text: "Remove",
+          onclick: () => { schedule.rules.splice(index, 1); renderRules(); markDirty(); },
+        }),
+      ]),
+      h("div", { class: "rule-line" }, [
+        h("label", { class: "field field-inline" }, [
+          h("span", { class: "field-label", text: "From" }),
+          h("input", {
+            type: "time", "data-testid": "rule-start", value: rule.start, required: true,
+            oninput: update((el) => { schedule.rules[index].start = el.value; }),
+          }),
+        ]),
+        h("label", { class: "field field-inline" }, [
+          h("span", { class: "field-label", text: "to" }),
+          h("input", {
+            type: "time", "data-testid": "rule-end", value: rule.end, required: true,
+            oninput: update((el) => { schedule.rules[index].end = el.value; }),
+          }),
+        ]),
+        h("label", { class: "field field-inline" }, [
+          h("span", { class: "field-label", text: "Brightness" }),
+          h("input", {
+            type: "number", min: 0, max: 100, step: 1, class: "rule-brightness",
+            "data-testid": "rule-brightness", value: rule.brightness, required: true,
+            oninput: update((el) => {
+              schedule.rules[index].brightness = el.value === "" ? null : Number(el.value);
+            }),
+          }),
+          h("span", { class: "muted", text: "%" }),
+        ]),
+      ]),
+      h("div", { class: "rule-line days" }, dayBoxes.concat([
+        h("span", { class: "muted days-hint", "data-hint": index }),
+      ])),
+    ]);
+  }
+
+  function renderDaysHint(index) {
+    const hint = document.querySelector('[data-hint="' + index + '"]');
+    const rule = schedule.rules[index];
+    if (!hint || !rule) return;
+    hint.textContent = rule.days && rule.days.length ? "" : "every day";
+  }
+
+  function renderRules() {
+    const list = $("#schedule-rules");
+    list.replaceChildren(...schedule.rules.map(ruleRow));
+    schedule.rules.forEach((_, i) => renderDaysHint(i));
+    $("#schedule-empty").hidden = schedule.rules.length > 0;
+    $("#schedule-add").disabled = schedule.rules.length >= MAX_RULES;
+    renderState(schedule.state);
+  }
+
+  function showMessage(text, kind) {
+    const node = $("#schedule-message");
+    node.textContent = text || "";
+    node.dataset.kind = kind || "info";
+    node.hidden = !text;
+  }
+
+  function applyServer(data) {
+    schedule.rules = (data.rules || []).map((r) => Object.assign({}, r, { days: (r.days || []).slice() }));
+    schedule.dirty = false;
+    $("#schedule-save").disabled = true;
+    $("#schedule-revert").disabled = true;
+    renderRules();
+    renderState(data.state);
+  }
+
+  async function loadSchedule() {
+    try {
+      const res = await LOOP.api("GET", "/api/schedule");
+      if (!schedule.dirty) applyServer(res.data);
+      schedule.loaded = true;
+      $("#schedule-panel").hidden = false;
+    } catch (err) {
+      showMessage("The schedule could not be loaded: " + LOOP.explain(err), "error");
+      $("#schedule-panel").hidden = false;
+    }
+  }
+
+  async function saveSchedule() {
+    const button = $("#schedule-save");
+    button.disabled = true;
+    for (const li of document.querySelectorAll("#schedule-rules [data-invalid]")) {
+      li.removeAttribute("data-invalid");
+    }
+    const rules = schedule.rules.map((r) => {
+      const out = { days: r.days || [], start: r.start, end: r.end, brightness: r.brightness };
+      if (r.name) out.name = r.name;
+      return out;
+    });
+    try {
+      const res = await LOOP.api("PUT", "/api/schedule", { json: { rules } });
+      applyServer(res.data);
+      showMessage("Schedule saved.", "ok");
+      LOOP.notify("Schedule saved.");
+    } catch (err) {
+      const text = LOOP.explain(err);
+      const match = /^rules\[(\d+)\]\.?(\w+)?/.exec(err.message || "");
+      if (match) {
+        const li = document.querySelector('#schedule-rules [data-index="' + match[1] + '"]');
+        if (li) li.setAttribute("data-invalid", match[2] || "rule");
+        showMessage(ruleLabel(Number(match[1])) + ": " + text.replace(/^rules\[\d+\]\.?\w*:\s*/, match[2] ? match[2] + " " : ""), "error");
+      } else {
+        showMessage(text, "error");
+      }
+      button.disabled = false;
+    }
+  }
+
+  function buildSchedulePanel() {
+    const body = $("#schedule-body");
+    body.replaceChildren(
+      h("p", { id: "schedule-state", class: "schedule-state", "data-testid": "schedule-state",
+        role: "status", "aria-live": "polite" }),
+      h("p", { id: "schedule-zone", class: "muted small" }),
+      h("p", { id: "schedule-empty", class: "empty",
+        text: "No rules yet. Add one to dim the panel at night or switch it off (0%)." }),
+      h("ul", { id: "schedule-rules", class: "rules" }),
+      h("p", { id: "schedule-message", class: "form-message", "data-testid": "schedule-message",
+        role: "alert", hidden: true }),
+      h("div", { class: "row-actions" }, [
+        h("button", { type: "button", id: "schedule-add", class: "btn btn-small",
+          "data-testid": "schedule-add", text: "Add rule",
+          onclick: () => {
+            schedule.rules.push({ days: [], start: "22:00", end: "07:00", brightness: 10 });
+            renderRules();
+            markDirty();
+            const rows = document.querySelectorAll("#schedule-rules [data-testid=rule-start]");
+            if (rows.length) rows[rows.length - 1].focus();
+          } }),
+        h("button", { type: "button", id: "schedule-revert", class: "btn btn-small btn-quiet",
+          "data-testid": "schedule-revert", text: "Undo changes", disabled: true,
+          onclick: () => { schedule.dirty = false; showMessage(""); loadSchedule(); } }),
+        h("button", { type: "button", id: "schedule-save", class: "btn btn-small btn-primary",
+          "data-testid": "schedule-save", text: "Save schedule", disabled: true,
+          onclick: saveSchedule }),
+      ]),
+      h("p", { class: "muted small", text: "A rule whose end is before its start runs past " +
+        "midnight. Where rules overlap, the lower one in the list wins. Brightness set by " +
+        "hand holds until the next rule starts or ends." }),
+    );
+    LOOP.on("status", (s) => { if (s && s.schedule) renderState(s.schedule); });
+    LOOP.on("reconnected", () => { if (!schedule.dirty) loadSchedule(); });
+    loadSchedule();
+  }
+
+  // ---------------------------------------------------------------- backup
+  function filenameFrom(header) {
+    const match = /filename="([^"]+)"/.exec(header || "");
+    return match ? match[1] : "loop-backup.tar";
+  }
+
+  function saveBlob(blob, name) {
+    const url = URL.createObjectURL(blob);
+    const a = h("a", { href: url, download: name, hidden: true });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
+  async function downloadBackup() {
+    const status = $("#backup-status");
+    const button = $("#backup-download");
+    button.disabled = true;
+    setState(status, "working", "Preparing the backup…");
+    try {
+      if (!LOOP.token()) {
+        const probe = await fetch("/api/backup", { method: "HEAD", cache: "no-store" });
+        if (probe.ok) {
+          // no token needed: let the browser stream the file straight to disk
+          const a = h("a", { href: "/api/backup", download: "", hidden: true });
+          document.body.append(a);
+          a.click();
+          a.remove();
+          setState(status, "done", "Download started (" + size(Number(probe.headers.get("Content-Length"))) + ").");
+          return;
+        }
+        if (probe.status === 401) await LOOP.requireToken(false);
+      }
+      let res = await fetch("/api/backup", {
+        cache: "no-store", headers: { Authorization: "Bearer " + LOOP.token() },
+      });
+      if (res.status === 401) {
+        await LOOP.requireToken(true);
+        res = await fetch("/api/backup", {
+          cache: "no-store", headers: { Authorization: "Bearer " + LOOP.token() },
+        });
+      }
+      if (!res.ok) {
+        let message = "HTTP " + res.status;
+        try { message = (await res.json()).message || message; } catch (e) { /* not JSON */ }
+        throw new Error(message);
+      }
+      const total = Number(res.headers.get("Content-Length")) || 0;
+      const reader = res.body.getReader();
+      const parts = [];
+      let got = 0;
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        parts.push(value);
+        got += value.length;
+        if (total) setState(status, "working", "Downloading… " + Math.floor(100 * got / total) + "%");
+      }
+      if (total && got !== total) throw new Error("the download was cut short; try again");
+      saveBlob(new Blob(parts, { type: "application/x-tar" }),
+        filenameFrom(res.headers.get("Content-Disposition")));
+      setState(status, "done", "Backup saved (" + size(got) + ").");
+    } catch (err) {
+      setState(status, "failed", "Backup failed: " + LOOP.explain(err));
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function size(bytes) {
+    if (!isFinite(bytes) || bytes <= 0) return "0 B";
+    if (bytes < 1024 * 1024) return Math.max(1, Math.round(bytes / 1024)) + " KB";
+    return (bytes / 1024 / 1024).toFixed(1) + " MB";
+  }
+
+  // ---------------------------------------------------------------- restore
+  async function restore() {
+    const input = $("#restore-file");
+    const file = input.files && input.files[0];
+    const status = $("#restore-status");
+    const bar = $("#restore-progress");
+    if (!file) {
+      setState(status, "failed", "Choose a backup file (.tar) first.");
+      return;
+    }
+    if (!window.confirm("Replace the whole library with “" + file.name + "”? Items not in " +
+        "the backup are deleted. The current library stays as it is if the file is not a " +
+        "good backup.")) return;
+    const button = $("#restore-start");
+    button.disabled = true;
+    bar.hidden = false;
+    bar.value = 0;
+    try {
+      for (let attempt = 0; attempt < 3; attempt++) {
+        setState(status, "uploading", "Sending " + size(file.size) + "…");
+        const res = await LOOP.xhrSend({
+          method: "POST", url: "/api/restore", body: file,
+          headers: { "Content-Type": "application/x-tar" },
+          onUploadProgress: (f) => { bar.value = f; },
+          onUploaded: () => setState(status, "checking", "Checking and restoring…"),
+        });
+        if (res.status === 401) {
+          await LOOP.requireToken(Boolean(res.sentToken));
+          continue;
+        }
+        if (res.status === 200) {
+          const d = res.body.data;
+          bar.value = 1;
+          setState(status, "done", "Restored " + d.items + " items (" + d.added.length +
+            " new, " + d.removed + " removed)" + (d.rendering ? "; " + d.rendering +
+            " being prepared for the panel." : "."));
+          LOOP.notify("Library restored from " + file.name + ".");
+          input.value = "";
+          LOOP.loadLibrary();
+          schedule.dirty = false;
+          loadSchedule();
+          return;
+        }
+        const message = res.status === 0 ? "LOOP cannot be reached; the library was not changed."
+          : (res.body && res.body.message) || ("HTTP " + res.status);
+        setState(status, "failed", "Not restored: " + message);
+        return;
+      }
+      setState(status, "failed", "Not restored: the API token was not accepted.");
+    } catch (err) {
+      setState(status, "failed", "Not restored: " + LOOP.explain(err));
+    } finally {
+      button.disabled = false;
+      if (status.dataset.state !== "uploading") bar.hidden = status.dataset.state !== "done";
+    }
+  }
+
+  function buildMaintenancePanel() {
+    const body = $("#maintenance-body");
+    body.replaceChildren(
+      h("p", { class: "muted small", text: "A backup holds every item as uploaded, the play " +
+        "order and the settings (brightness, mode, fit, schedule); frames are made again " +
+        "for the panel it is restored on." }),
+      h("div", { class: "row-actions" }, [
+        h("button", { type: "button", id: "backup-download", class: "btn btn-small",
+          "data-testid": "backup-download", text: "Download backup", onclick: downloadBackup }),
+        h("span", { id: "backup-status", class: "muted small", "data-testid": "backup-status",
+          "data-state": "idle", role: "status", "aria-live": "polite" }),
+      ]),
+      h("div", { class: "restore" }, [
+        h("label", { class: "field" }, [
+          h("span", { class: "field-label", text: "Restore from a backup" }),
+          h("input", { type: "file", id: "restore-file", "data-testid": "restore-file",
+            accept: ".tar,application/x-tar" }),
+        ]),
+        h("div", { class: "row-actions" }, [
+          h("button", { type: "button", id: "restore-start", class: "btn btn-small btn-danger",
+            "data-testid": "restore-start", text: "Restore", onclick: restore }),
+          h("progress", { id: "restore-progress", "data-testid": "restore-progress", max: 1,
+            value: 0, hidden: true }),
+        ]),
+        h("p", { id: "restore-status", class: "small", "data-testid": "restore-status",
+          "data-state": "idle", role: "status", "aria-live": "polite" }),
+      ]),
+    );
+    $("#maintenance-panel").hidden = false;
+  }
+
+  function start() {
+    buildSchedulePanel();
+    buildMaintenancePanel();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
