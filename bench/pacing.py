@@ -1,14 +1,15 @@
 """Frame-pacing analysis (pure functions; the recording comes from bench/paced_service.py).
 
-The ideal schedule of a looping animation is the time of the first frame seen plus the
-cumulative delays of every frame since, whether the player showed it or skipped it. The
+The ideal schedule of a looping animation is a start time plus the cumulative delays of every
+frame since, whether the player showed it or skipped it; the start is chosen so that the median
+deviation is zero (a late first frame would otherwise shift all the others). The
 frame's identity comes from its colour, so a skipped frame is noticed and counted, and the
 ideal time of the next one still includes its delay.
 """
 
 from __future__ import annotations
 
-from bench.common import goal_check, percentile, summary
+from bench.common import goal_check, median, percentile, summary
 from bench.inputs import frame_tag
 
 P99_GOAL_MS = 2.0
@@ -52,11 +53,17 @@ def analyse(shows, durations_ms) -> dict:
         deviations.append((t - ideal) * 1000)
         intervals.append(abs((t - previous_t) * 1000 - nominal))
         previous_t, previous_i = t, index
+    # Anchor the ideal schedule at the median offset rather than at the first frame, so one
+    # late first frame does not shift every other frame; drift is how far the schedule moved
+    # from the first tenth of the window to the last tenth.
+    offset = median(deviations)
+    deviations = [d - offset for d in deviations]
+    tenth = max(1, len(deviations) // 10)
+    drift = sum(deviations[-tenth:]) / tenth - sum(deviations[:tenth]) / tenth
     absolute = [abs(d) for d in deviations]
     cpu_us = (shows[-1][1] - shows[0][1]) / (len(shows) - 1) * 1e6
     shortest = min(durations_ms)
     stats = summary(absolute)
-    drift = deviations[-1]
     p99 = stats["p99"]
     return {
         "p99_dev_ms": p99, "drift_ms": drift, "cpu_per_frame_us": cpu_us,

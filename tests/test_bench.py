@@ -107,10 +107,15 @@ def test_pacing_counts_skipped_frames_and_a_cut_frame_as_drift():
     numbers = pacing.analyse(shows([0, 20, 60, 80], [0, 1, 3, 4]), durations)
     assert numbers["late_frames"] == 1 and numbers["drift_ms"] == pytest.approx(0, abs=1e-6)
     # the last frame of the loop cut short: everything after it is 20 ms early
-    numbers = pacing.analyse(shows([0, 20, 40, 60, 80, 80, 100], [0, 1, 2, 3, 4, 0, 1]),
-                             durations)
+    times = [0, 20, 40, 60, 80] + [80 + 20 * n for n in range(15)]
+    numbers = pacing.analyse(shows(times, [n % 5 for n in range(20)]), durations)
     assert numbers["drift_ms"] == pytest.approx(-20) and numbers["met"] is False
     assert numbers["max_dev_ms"] == pytest.approx(20)
+    # a late first frame alone is one deviation, not a shift of every other frame
+    numbers = pacing.analyse(shows([3] + [20 * n for n in range(1, 20)],
+                                   [n % 5 for n in range(20)]), durations)
+    assert numbers["p50_dev_ms"] == pytest.approx(0, abs=1e-6)
+    assert numbers["max_dev_ms"] == pytest.approx(3)
 
 
 def test_pacing_select_reads_the_frame_from_its_colour():
