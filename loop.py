@@ -3,7 +3,11 @@
 
 import sys
 
-from loop.app import main
+from loop import config
 
 if __name__ == "__main__":
+    # Flags are checked before anything imports Pillow, so `--help` works on any Python.
+    config.argument_parser().parse_args()
+    from loop.app import main
+
     sys.exit(main())

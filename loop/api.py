@@ -415,7 +415,7 @@ class Api:
     def status(self, request):
         data, version = self.app.status_snapshot()
         etag = f'W/"{version}"'
-        if etag in _etags(request.headers.get("If-None-Match", "")):
+        if _not_modified(request.headers.get("If-None-Match", ""), etag):
             return Response(304, b"", "application/json", {"ETag": etag})
         return envelope(200, data, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
@@ -485,12 +485,13 @@ class Api:
                           headers)
 
     def _file(self, path: str, ctype: str, headers: dict) -> Response:
+        """A stored file, streamed in chunks (an original may be 100 MB: never read whole)."""
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            fh = open(path, "rb")
         except OSError:
             raise ApiError(404, "not_found", "no such file") from None
-        return Response(200, data, ctype, dict(headers))
+        length = os.fstat(fh.fileno()).st_size
+        return Response(200, b"", ctype, dict(headers), stream=_chunks(fh), length=length)
 
     def get_loop(self, request):
         return envelope(200, {"items": list(self.app.store.view.loop)})
@@ -692,7 +693,19 @@ class Api:
 
 
 def _etags(header: str) -> set:
-    return {tag.strip() for tag in header.split(",") if tag.strip()}
+    """The entity tags of If-None-Match, compared weakly (RFC 9110: W/ does not matter)."""
+    return {tag.strip().removeprefix("W/") for tag in header.split(",") if tag.strip()}
+
+
+def _not_modified(header: str, etag: str) -> bool:
+    tags = _etags(header)
+    return "*" in tags or etag.removeprefix("W/") in tags
+
+
+def _chunks(fh, size: int = 256 * 1024):
+    with fh:
+        while chunk := fh.read(size):
+            yield chunk
 
 
 def _check_number(name, value, kind, lo, hi) -> None:

@@ -377,7 +377,7 @@ class App:
         display_status = self.display_status()
         jobs_active = self.jobs.active
         version = f"{player.version}.{view.version}.{self.jobs.version}.{breaker}." \
-                  f"{display_status}.{self.scheduler.version}"
+                  f"{display_status}.{self.scheduler.version}.{self.store.settings_gen}"
         data = {"player": player.as_dict(self.player.frame_index),
                 "display": {"driver": self.driver.name, "status": display_status,
                             "breaker": breaker},

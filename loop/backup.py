@@ -201,7 +201,8 @@ def read_library(data_dir: str) -> tuple[list, list, dict]:
                 or not all(isinstance(m, dict) and valid_id(m.get("id")) for m in items):
             raise ValueError("wrong shape")
     except FileNotFoundError:
-        return [], [], {}
+        raise OSError(f"{data_dir} is not a LOOP data directory (no index.json); check "
+                      "--data-dir") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise OSError(f"{path} is unreadable ({exc}); start the service once so its "
                       "recovery rebuilds it, then back up") from None

@@ -13,7 +13,7 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loop import media, screens
 from loop.frames import FrameFile, FrameFileError
@@ -92,6 +92,8 @@ class Player(threading.Thread):
         self.brightness = int(brightness if brightness is not None
                               else settings.get("brightness", cfg.display.brightness))
         self.paused = False
+        self._paused_at = 0.0
+        self._last_loop: tuple = ()
         self.heartbeat = clock()
         self.frame_index = 0
         self.frames_shown = 0
@@ -214,9 +216,13 @@ class Player(threading.Thread):
         if paused == self.paused:
             return
         self.paused = paused
-        if not paused and self._now is not None:
-            # resume where it stopped: the frame position is kept, the clock restarts
-            self._now.deadline = self.clock()
+        now = self.clock()
+        if paused:
+            self._paused_at = now
+        elif self._now is not None and self._now.deadline:
+            # resume where it stopped: the frame (or the still's remaining time) is kept
+            self._now.deadline += now - self._paused_at
+            self._now.started += now - self._paused_at
         self._changed()
 
     # ---- playback ----------------------------------------------------------------------
@@ -344,15 +350,17 @@ class Player(threading.Thread):
 
     def _library_changed(self, view) -> None:
         current = self._now.item["id"] if self._now and self._now.item else None
-        if current and (view.get(current) is None or current in view.pending):
-            self._advance(+1)  # deleted, or waiting for a re-render: move on
+        switched_off = current in self._last_loop and current not in view.loop
+        self._last_loop = view.loop
+        if current and (view.get(current) is None or current in view.pending or switched_off):
+            self._advance(+1)  # deleted, waiting for a re-render, or out of the loop: move on
         elif current is None:
             wanted = self.store.settings.get("current")
             ids = self._playable()
             self._start_item(wanted if wanted in ids else (ids[0] if ids else None))
-        elif view.get(current) != self._now.item:
+        else:
             self._now.item = view.get(current)  # renamed or new per-item timings
-            self._changed()
+        self._changed()  # the loop's order or length may have moved too
 
     def _close_current(self) -> None:
         # Dropping the reference is enough: the mapping is freed once the preview (which the
@@ -383,12 +391,17 @@ class Player(threading.Thread):
                           getattr(self.driver, "rotation", 0)), 0)
 
     def _show_hint(self) -> None:
-        self._show_screen(["No media yet"] + self.hint_lines)
+        # items that wait for a re-render (new fit or panel) are not "no media"
+        first = "Preparing media" if self.store.view.items else "No media yet"
+        self._show_screen([first] + self.hint_lines)
 
     # ---- status ------------------------------------------------------------------------
     def _changed(self) -> None:
-        self._version += 1
-        self.status = self._make_status()
+        """Publish a new status; its version moves only when something in it changed."""
+        fresh = self._make_status()
+        if replace(fresh, version=self.status.version) != self.status:
+            self._version += 1
+            self.status = replace(fresh, version=self._version)
 
     def _make_status(self) -> PlayerStatus:
         playing = self._now

@@ -121,9 +121,14 @@ class Store:
         self._lock = threading.RLock()
         self._items: dict[str, dict] = {}
         self._loop: list[str] = []
+        # Settings are replaced, never changed in place, under their own small lock: the
+        # display thread changes them (current item, mode) and must never wait for the
+        # library lock, which is held across fsyncs.
         self._settings: dict = dict(setting_defaults)
+        self._settings_lock = threading.Lock()
+        self.settings_gen = 0  # bumped by every settings change
+        self._written_gen = 0  # the generation index.json holds
         self._defaults = dict(setting_defaults)
-        self._settings_dirty = False
         self.index_writes = 0
         self.write_error: str | None = None  # the last failed library write, until one works
         self.recovery: dict = {}
@@ -150,7 +155,10 @@ class Store:
     def new_temp_dir(self, prefix: str) -> str:
         """A fresh directory under tmp/ for an upload or render in flight."""
         path = os.path.join(self.tmp_dir, f"{prefix}-{uuid.uuid4().hex[:12]}")
-        os.mkdir(path)
+        try:
+            os.mkdir(path)
+        except OSError as exc:
+            raise storage_error(exc) from exc
         return path
 
     # ---- reading -----------------------------------------------------------------------
@@ -163,7 +171,13 @@ class Store:
         return {"version": INDEX_VERSION, "items": list(self._items.values()),
                 "loop": list(self._loop), "settings": self._settings}
 
+    def _set_settings(self, **changes) -> None:
+        with self._settings_lock:
+            self._settings = dict(self._settings, **changes)
+            self.settings_gen += 1
+
     def _write_index(self) -> None:
+        generation = self.settings_gen
         try:
             write_json_atomic(self.index_path, self._index_doc())
         except OSError as exc:
@@ -172,7 +186,7 @@ class Store:
             raise
         self.index_writes += 1
         self.write_error = None
-        self._settings_dirty = False
+        self._written_gen = generation
 
     def _publish(self) -> None:
         self._pending = self._pending & self._items.keys()
@@ -189,7 +203,7 @@ class Store:
 
     def _transaction(self, change) -> None:
         """Apply `change()` to the in-memory state, write the index, roll back on failure."""
-        saved = (dict(self._items), list(self._loop), dict(self._settings))
+        saved = (dict(self._items), list(self._loop), self._settings)
         change()
         try:
             self._write_index()
@@ -255,7 +269,7 @@ class Store:
                 del self._items[item_id]
                 self._loop = [i for i in self._loop if i != item_id]
                 if self._settings.get("current") == item_id:
-                    self._settings["current"] = None
+                    self._set_settings(current=None)
             try:
                 self._transaction(change)
             except MediaError:
@@ -314,10 +328,9 @@ class Store:
             def change():
                 self._items = new_items
                 self._loop = list(loop)
-                self._settings.update(settings)
-                self._settings["brightness_override"] = None
+                self._set_settings(**settings, brightness_override=None)
                 if self._settings.get("current") not in new_items:
-                    self._settings["current"] = None
+                    self._set_settings(current=None)
             try:
                 self._transaction(change)  # the commit point
             except MediaError:
@@ -401,21 +414,22 @@ class Store:
             self._transaction(change)
 
     def update_settings(self, durable: bool = False, **changes) -> None:
-        """Change runtime settings; written at once when `durable`, else by `flush()`."""
+        """Change runtime settings; written at once when `durable`, else by `flush()`.
+
+        The debounced path never waits for the library lock (the display thread uses it).
+        """
+        if all(self._settings.get(k) == v for k, v in changes.items()):
+            return
+        if not durable:
+            self._set_settings(**changes)
+            return
         with self._lock:
-            if all(self._settings.get(k) == v for k, v in changes.items()):
-                return
-            if durable:
-                self._transaction(lambda: self._settings.update(changes))
-                return
-            self._settings.update(changes)
-            self._settings_dirty = True
-            self._publish()
+            self._transaction(lambda: self._set_settings(**changes))
 
     def flush(self) -> bool:
         """Write debounced setting changes; True when something was written."""
         with self._lock:
-            if not self._settings_dirty:
+            if self._written_gen == self.settings_gen:
                 return False
             try:
                 self._write_index()
@@ -440,6 +454,7 @@ class Store:
                 fsync_dir(self.tmp_dir)
             self._loop = [i for i in doc["loop"] if i in self._items]
             self._settings = dict(self._defaults, **doc.get("settings", {}))
+            self._written_gen = self.settings_gen
             for item_id in list(self._items):
                 reason = self._check_item(item_id)
                 if reason:

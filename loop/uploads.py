@@ -66,7 +66,8 @@ class Jobs:
 
     def create(self, name: str, job_id: str | None = None) -> Job:
         with self._lock:
-            if not job_id or job_id in self._jobs:
+            taken = job_id in self._jobs and self._jobs[job_id].finished is None
+            if not job_id or taken:  # a finished job's id may be reused (a client's retry)
                 job_id = (job_id + "-" if job_id else "") + uuid.uuid4().hex[:8]
             job = Job(job_id, name)
             self._jobs[job_id] = job
@@ -185,8 +186,9 @@ class Intake:
                     for event in parser.parse(chunk):
                         if isinstance(event, multipart.MultipartSegment):
                             if event.name == "file" and event.filename is not None:
-                                job = self.jobs.create(clean_name(event.filename),
-                                                       upload_id if not files else None)
+                                # the first file takes the client's id, later ones
+                                # <id>-<random> (Jobs.create makes a taken id unique)
+                                job = self.jobs.create(clean_name(event.filename), upload_id)
                                 sink = _Sink(directory, job, self.jobs, length)
                         elif event is None:
                             if sink is not None:
@@ -304,7 +306,10 @@ class _Sink:
         self.job, self.jobs, self.expected = job, jobs, max(1, expected)
         self.hash = hashlib.sha256()
         self.size = 0
-        self._fh = open(self.path, "xb")
+        try:
+            self._fh = open(self.path, "xb")
+        except OSError as exc:
+            raise storage_error(exc) from exc
 
     def write(self, chunk: bytes) -> None:
         try:

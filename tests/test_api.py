@@ -298,3 +298,47 @@ def test_thumb_url_changes_when_the_item_is_rendered_again(client):
     wait_for(lambda: client.get(f"/api/media/{item['id']}").data["thumb"] != item["thumb"])
     fresh = client.get(f"/api/media/{item['id']}").data["thumb"]
     assert client.get(fresh).status == 200
+
+
+def test_status_follows_loop_changes_at_once(client):
+    ids = [client.upload([(f"{i}.png", png_bytes((i, 9, 9)))]).data["results"][0]["item"]["id"]
+           for i in range(3)]
+    wait_for(lambda: client.get("/api/poll/status").data["player"]["item"] == ids[0],
+             interval=0.2)
+    client.put("/api/loop", json_body={"items": [ids[2], ids[1], ids[0]]})
+    player = client.get("/api/poll/status").data["player"]
+    assert (player["position"], player["length"]) == (2, 3)
+    client.put("/api/loop", json_body={"items": [ids[1]]})
+    wait_for(lambda: client.get("/api/poll/status").data["player"]["item"] == ids[1],
+             interval=0.2)  # a poller's pace, under the default rate limit
+    assert client.get("/api/poll/status").data["player"]["length"] == 1
+
+
+def test_if_none_match_compares_weakly_and_star_matches(client):
+    etag = client.get("/api/poll/status").headers["ETag"]
+    strong = etag.removeprefix("W/")
+    assert client.get("/api/poll/status", headers={"If-None-Match": strong}).status == 304
+    assert client.get("/api/poll/status", headers={"If-None-Match": "*"}).status == 304
+    assert client.get("/api/poll/status", headers={"If-None-Match": '"nope"'}).status == 200
+
+
+def test_each_file_of_a_request_gets_a_job_named_after_the_upload_id(client):
+    reply = client.upload([("a.png", png_bytes((1, 2, 3))), ("b.png", png_bytes((3, 2, 1)))],
+                          upload_id="myup")
+    jobs = [r["job"] for r in reply.data["results"]]
+    assert jobs[0] == "myup" and jobs[1].startswith("myup-") and len(set(jobs)) == 2
+    # a retry with the same id, once the first request is finished, is followed under it again
+    again = client.upload([("c.png", png_bytes((7, 7, 7)))], upload_id="myup")
+    assert again.data["results"][0]["job"] == "myup"
+
+
+def test_full_disk_when_the_upload_starts_is_507(app, client, monkeypatch):
+    real_mkdir = os.mkdir
+
+    def full(path, *args, **kwargs):
+        if "/tmp/" in str(path):
+            raise OSError(28, "No space left on device")
+        return real_mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, "mkdir", full)
+    reply = client.post("/api/media?name=x.png", body=png_bytes())
+    assert reply.status == 507 and reply.json["error"] == "insufficient_storage"

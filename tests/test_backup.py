@@ -536,3 +536,12 @@ def test_kill_9_of_the_service_during_a_restore_upload(source, tmp_path, service
     items = service.client.get("/api/media").data["items"]
     assert [m["id"] for m in items] == [old_item]
     assert os.listdir(data_dir / "tmp") == []
+
+
+def test_offline_backup_of_a_mistyped_data_dir_fails(tmp_path):
+    config_path = write_config(tmp_path / "config.json", tmp_path / "unused")
+    done = subprocess.run([sys.executable, "loop.py", "backup", "--config", config_path,
+                           "--data-dir", str(tmp_path / "no-such-dir")], cwd=ROOT,
+                          capture_output=True, timeout=60)
+    assert done.returncode == 1 and done.stdout == b""
+    assert b"not a LOOP data directory" in done.stderr

@@ -7,6 +7,7 @@ import time
 import pytest
 from conftest import make_config, wait_for
 
+from loop import screens
 from loop.frames import FrameWriter
 from loop.player import Player
 from loop.store import Store, now_iso
@@ -249,3 +250,43 @@ def test_stop_clears_the_panel(rig):
     threading.Thread(target=lambda: (player.stop(), done.set())).start()
     assert done.wait(5)
     assert driver.cleared == 1
+
+
+def test_pause_keeps_a_stills_remaining_time(rig):
+    store, driver, player = rig(**{"media.static_image_duration_sec": 0.8})
+    add_item(store, 1, [1000], kind="image")
+    add_item(store, 2, [1000], kind="image")
+    player.start()
+    wait_for(lambda: driver.shows)
+    time.sleep(0.3)
+    player.command("pause")
+    time.sleep(1.0)  # longer than the still's whole time
+    resumed = time.monotonic()
+    player.command("play")
+    wait_for(lambda: len(driver.shows) >= 2, timeout=5)
+    assert driver.shows[1][1] == 20
+    # the first still got its remaining ~0.5 s after the resume, not zero
+    assert driver.shows[1][0] - resumed > 0.3
+
+
+def test_display_thread_never_waits_for_the_library_lock(rig):
+    store, driver, player = rig(**{"media.static_image_duration_sec": 30})
+    ids = [add_item(store, tag, [1000], kind="image") for tag in (1, 2)]
+    player.start()
+    wait_for(lambda: player.status.item == ids[0])
+    with store._lock:  # an upload's commit holding the lock across its fsyncs
+        started = time.monotonic()
+        assert player.command("next").item == ids[1]
+        assert player.command("mode", mode="one").mode == "one"
+        assert time.monotonic() - started < 1.5
+    assert store.flush() is True  # the debounced settings reach the disk afterwards
+
+
+def test_items_waiting_for_a_render_are_not_called_no_media(rig):
+    store, driver, player = rig()
+    item = add_item(store, 1, [1000], kind="image")
+    store.set_pending([item])
+    player.start()
+    wait_for(lambda: driver.shows)
+    expected = screens.render(["Preparing media"], 4, 2).tobytes()
+    assert bytes(player.preview[0].frame(0)) == expected

@@ -149,3 +149,33 @@ def test_port_in_use_fails_cleanly(tmp_path, services):
     assert proc.returncode == 1 and "cannot start" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert Client(first.port).get("/api/poll/health").status == 200
+
+
+def test_originals_are_streamed_not_read_into_memory(tmp_path, services):
+    import psutil
+    from PIL import Image
+    config = write_config(tmp_path / "config.json", tmp_path / "data",
+                          web={"rate_static_burst": 1000})
+    service = services(config)
+    noise = Image.frombytes("RGB", (2000, 2000), os.urandom(2000 * 2000 * 3))
+    path = tmp_path / "noise.png"
+    noise.save(path, compress_level=0)
+    size = path.stat().st_size  # ~12 MB that PNG cannot shrink
+    item = service.client.post("/api/media?name=noise.png", body=path.read_bytes()) \
+        .data["results"][0]["item"]
+    process = psutil.Process(service.proc.pid)
+    before = process.memory_info().rss
+    readers = []
+    for _ in range(3):  # three slow downloads at once, each only started
+        sock = socket.create_connection(("127.0.0.1", service.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"GET /api/media/{item['id']}/original HTTP/1.1\r\nHost: localhost\r\n"
+                     f"\r\n".encode())
+        readers.append(sock)
+    time.sleep(1.0)
+    grown = process.memory_info().rss - before
+    head = readers[0].recv(65536)
+    assert b"200 OK" in head and f"Content-Length: {size}".encode() in head
+    for sock in readers:
+        sock.close()
+    assert grown < size, f"RSS grew {grown >> 20} MB for three {size >> 20} MB downloads"
