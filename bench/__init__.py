@@ -1,1 +1,1 @@
-"""`make bench`: LOOP's timing and memory numbers (see docs/bench.md)."""
+"""`make bench`: LOOP's timing and memory numbers (see the README's Benchmarks section)."""

@@ -146,7 +146,7 @@ def results_table(records) -> str:
 
 
 def markdown_table(records) -> str:
-    """The same table as Markdown, for docs/bench.md."""
+    """The same table as Markdown, for the README's Benchmarks section."""
     lines = ["| group | bench | numbers | goal | goal? |", "|---|---|---|---|---|"]
     for row in table_rows(records):
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
