@@ -1558,7 +1558,7 @@
   // (operator.js implements both; `token`/`requireToken` let it send the token with a plain
   // fetch for the backup download and ask for it after a 401 from xhrSend.)
   window.LOOP = Object.freeze({
-    api, xhrSend, on, notify, explain, loadLibrary,
+    api, xhrSend, on, notify, explain, loadLibrary, h,
     token: () => auth.token(),
     requireToken: (rejected) => auth.require(Boolean(rejected)),
   });

@@ -1,5 +1,5 @@
 /* LOOP dashboard, operator panels: the night/dim schedule and backup/restore.
- * Plugs into app.js through window.LOOP (api, xhrSend, on, notify, explain, loadLibrary,
+ * Plugs into app.js through window.LOOP (api, xhrSend, on, notify, explain, loadLibrary, h,
  * token, requireToken); no framework, no inline script or style (CSP).
  *
  * Test contract (tests/test_dashboard_operator.py):
@@ -33,22 +33,7 @@
   const DAY_LABELS = ["Mo", "Tu", "We", "Th", "Fr", "Sa", "Su"];
   const MAX_RULES = 32;
 
-  function h(tag, attrs, children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (value === undefined || value === null || value === false) continue;
-      if (key === "text") node.textContent = value;
-      else if (key === "class") node.className = value;
-      else if (key.startsWith("on") && typeof value === "function") {
-        node.addEventListener(key.slice(2), value);
-      } else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    for (const child of [].concat(children || [])) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
+  const h = LOOP.h;  // app.js's element builder
 
   function setState(node, state, text) {
     node.dataset.state = state;
