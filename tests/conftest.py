@@ -23,6 +23,26 @@ from loop import config  # noqa: E402
 from loop.app import App  # noqa: E402
 
 FAKE_RGBMATRIX = os.path.join(ROOT, "tests", "fake_rgbmatrix")
+UNDER_CI = os.environ.get("CI") == "true"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "capability: may skip under CI too, because what it needs depends on the "
+        "installed library versions (e.g. an AVIF codec in Pillow), not on a missing tool")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI a skip is a failure: a tool the tests need (curl, ffmpeg, chromium,
+    systemd-analyze, promtool, shellcheck, the emulator) must be installed by .ci/run."""
+    outcome = yield
+    report = outcome.get_result()
+    if UNDER_CI and report.skipped and not item.get_closest_marker("capability") \
+            and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which must not happen: {reason}"
 
 
 # ---- generated media ------------------------------------------------------------------------

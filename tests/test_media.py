@@ -102,6 +102,7 @@ def test_exif_orientation_turns_photos_upright(tmp_path):
     assert shown.getpixel((2, 16)) == K  # a tall photo is pillarboxed
 
 
+@pytest.mark.capability
 @pytest.mark.skipif("AVIF" not in media.IMAGE_FORMATS or not features.check("avif"),
                     reason="this Pillow has no AVIF codec")
 def test_avif_is_accepted(client):

@@ -210,6 +210,7 @@ def test_memory_over_a_line_sheds_new_uploads_until_it_recovers(fast_app, change
     assert app.monitor.shed_uploads == 1
 
 
+@pytest.mark.capability  # needs a test file system that is not almost empty
 def test_disk_under_the_floor_gets_507(fast_app, tmp_path):
     st = os.statvfs(tmp_path)
     if st.f_bavail * 100 / st.f_blocks > 98.5:
