@@ -3,26 +3,34 @@ PYTHON ?= python3
 VENV ?= .venv
 VENV_ARGS ?=
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+# The emulator needs Pillow >= 10; CI's run on Debian's Pillow 9.4 leaves it out.
+DEV_REQS ?= requirements-dev.txt requirements-emulator.txt
 
 .PHONY: run test lint bench install uninstall rollback selftest clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# `make run` needs only the runtime packages; the test tools come with `make test`.
+$(RUN_STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
-	touch $(STAMP)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
 
-run: $(STAMP)
+$(DEV_STAMP): $(RUN_STAMP) $(DEV_REQS)
+	$(PY) -m pip install -q $(addprefix -r ,$(DEV_REQS))
+	touch $@
+
+run: $(RUN_STAMP)
 	$(PY) loop.py --config config.json --data-dir var --host 127.0.0.1 --port 8080 --display headless
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(PY) -m ruff check loop loop.py tests $(wildcard bench)
 
 test: lint
 	$(PY) -m pytest -q tests
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) bench/run.py
 
 install:
