@@ -9,6 +9,7 @@ import time
 
 import pytest
 from conftest import Client, gif_bytes, png_bytes, wait_for, write_config
+from mediagen import read_reply
 
 CURL = shutil.which("curl")
 
@@ -89,14 +90,9 @@ def test_sigterm_lets_an_inflight_upload_finish(tmp_path, services):
     time.sleep(0.3)
     conn.sendall(body[40:])
     conn.settimeout(10)
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        reply += chunk
+    status, _, body = read_reply(conn)
     conn.close()
-    assert reply.startswith(b"HTTP/1.1 201"), reply[:200]
+    assert status == 201, body[:200]
     assert service.proc.wait(20) == 0
 
 
