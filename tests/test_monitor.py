@@ -259,6 +259,8 @@ def test_tmp_orphans_older_than_the_longest_upload_are_swept(fast_app):
     app = fast_app(**{"web.request_timeout_seconds": 0.1, "media.decode_timeout_sec": 0.1})
     orphan = old_entry(app.store.tmp_dir, "up-orphan", 10)
     wait_for(lambda: not os.path.exists(orphan))
+    # the counter moves after the sweep's loop, a moment after the file is gone
+    wait_for(lambda: app.monitor.tmp_removed >= 1)
     assert app.monitor.tmp_removed == 1
 
 
