@@ -8,8 +8,10 @@ import pytest
 from conftest import ROOT  # noqa: F401  (puts the repository root on sys.path)
 
 from bench import common, inputs, load, pacing, playback, startup
-from loop import config, media
-from loop.frames import FrameFile
+from loop import config
+from loop.media.frames import FrameFile
+from loop.media.geometry import Target
+from loop.media.render import render as render_upload
 
 
 def test_percentile_interpolates_between_ranks():
@@ -129,7 +131,7 @@ def test_pacing_gif_frames_survive_rendering_exactly(tmp_path):
     path = tmp_path / "pacing.gif"
     path.write_bytes(inputs.pacing_gif(inputs.TAG_MIXED, inputs.PACING_MIXED))
     frames_path = str(tmp_path / "frames.bin")
-    media.render(str(path), frames_path, media.Target(64, 32), config.defaults().media)
+    render_upload(str(path), frames_path, Target(64, 32), config.defaults().media)
     frames = FrameFile(frames_path)
     try:
         assert list(frames.durations) == inputs.PACING_MIXED

@@ -30,7 +30,7 @@ from rawhttp import (
 )
 
 from loop import config
-from loop.ratelimit import RateLimiter, rate_classes
+from loop.http.ratelimit import RateLimiter, rate_classes
 
 MiB = 1024 * 1024
 

@@ -7,10 +7,10 @@ import time
 import pytest
 from conftest import make_config, wait_for
 
-from loop import screens
-from loop.frames import FrameWriter
-from loop.player import Player
-from loop.store import Store, now_iso
+from loop.library.store import Store, now_iso
+from loop.media import screens
+from loop.media.frames import FrameWriter
+from loop.playback.player import Player
 
 
 class RecordingDriver:

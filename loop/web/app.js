@@ -1,5 +1,5 @@
 /* LOOP dashboard: plain JavaScript, no framework, no build step, no external resources.
- * It only talks to the JSON API (DESIGN.md "HTTP API") and works under the server's CSP
+ * It only talks to the JSON API (docs/architecture.md and the README, "HTTP API") and works under the server's CSP
  * (no inline script or style, no eval; element.style is set from here only).
  *
  * ---------------------------------------------------------------------------------------

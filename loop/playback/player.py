@@ -15,12 +15,12 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from loop import media, screens
-from loop.frames import FrameFile, FrameFileError
+from loop.media import screens
+from loop.media.frames import FrameFile, FrameFileError
+from loop.media.pixels import to_pixels
 
 log = logging.getLogger("loop.player")
 
-MODES = ("all", "one", "shuffle")
 IDLE_WAKE_SEC = 1.0  # an idle thread still wakes this often to keep its heartbeat fresh
 COMMAND_WAIT_SEC = 2.0
 
@@ -53,7 +53,7 @@ class Screen:
         self.width, self.height = image.size
         self.pixel_format = pixel_format
         self.rotation = rotation
-        self._data = media.to_pixels(image, pixel_format, rotation)
+        self._data = to_pixels(image, pixel_format, rotation)
 
     def frame(self, index: int):
         return self._data
@@ -98,7 +98,6 @@ class Player(threading.Thread):
         self.frame_index = 0
         self.frames_shown = 0
         self.late_frames = 0
-        self.driver_failures = 0
         self.quarantined: frozenset = frozenset()
         self.preview = None  # (frames, index) of what the panel shows now
         self._now: _Playing | None = None
@@ -377,10 +376,7 @@ class Player(threading.Thread):
             self._call_driver(self.driver.show, frames.frame(index))
 
     def _call_driver(self, fn, *args) -> bool:
-        ok = self.breaker.call(fn, *args) if self.breaker else _plain_call(fn, *args)
-        if not ok:
-            self.driver_failures += 1
-        return ok
+        return self.breaker.call(fn, *args) if self.breaker else _plain_call(fn, *args)
 
     def _apply_brightness(self) -> None:
         self._call_driver(self.driver.set_brightness, self.brightness)
