@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -31,6 +32,10 @@ INDEX_VERSION = 1
 ITEM_FIELDS = ("id", "name", "kind", "width", "height", "frames", "duration_ms", "bytes",
                "created_at", "loop_count", "duration_sec")
 MAX_NAME = 200
+# After a failed index write the debounced flush waits this long, doubling up to the cap: a
+# dying SD card (a persistent EIO) is neither hammered nor allowed to flood the log.
+FLUSH_RETRY_MIN_SEC = 5.0
+FLUSH_RETRY_MAX_SEC = 300.0
 
 
 def valid_id(text: str) -> bool:
@@ -82,8 +87,9 @@ class LibraryView:
 class Store:
     """The library: items, loop order and runtime settings, persisted in `index.json`."""
 
-    def __init__(self, data_dir: str, setting_defaults: dict):
+    def __init__(self, data_dir: str, setting_defaults: dict, *, clock=time.monotonic):
         self.data_dir = data_dir
+        self.clock = clock  # paces the retries of a failed flush
         self.media_dir = os.path.join(data_dir, "media")
         self.tmp_dir = os.path.join(data_dir, "tmp")
         self.index_path = os.path.join(data_dir, "index.json")
@@ -100,6 +106,8 @@ class Store:
         self._defaults = dict(setting_defaults)
         self.index_writes = 0
         self.write_error: str | None = None  # the last failed library write, until one works
+        self.write_failures = 0  # index writes failed in a row
+        self.flush_retry_at = -math.inf  # (clock) no debounced flush is tried before this
         self.recovery: dict = {}
         self._pending: frozenset = frozenset()
         self.view = LibraryView((), (), 0)
@@ -150,12 +158,28 @@ class Store:
         try:
             write_json_atomic(self.index_path, self._index_doc())
         except OSError as exc:
-            self.write_error = f"index.json not written: {exc.strerror or exc}"
-            log.error("%s", self.write_error)
+            self._write_failed(f"index.json not written: {exc.strerror or exc}")
             raise
-        self.index_writes += 1
-        self.write_error = None
         self._written_gen = generation
+        self.index_writes += 1
+        if self.write_error is not None:
+            log.warning("index.json written again, after %d failed attempt(s)",
+                        self.write_failures)
+        self.write_error = None
+        self.write_failures = 0
+        self.flush_retry_at = -math.inf
+
+    def _write_failed(self, error: str) -> None:
+        """Log a write failure once per change of state (not once per retry) and back off
+        the debounced flush; health shows `write_error` until a write works again."""
+        self.write_failures += 1
+        delay = FLUSH_RETRY_MIN_SEC * 2 ** min(self.write_failures - 1, 16)
+        self.flush_retry_at = self.clock() + min(delay, FLUSH_RETRY_MAX_SEC)
+        if error != self.write_error:
+            log.error("%s; settings are retried after %.0f s, doubling up to %.0f s, and "
+                      "health shows it until a write works", error, FLUSH_RETRY_MIN_SEC,
+                      FLUSH_RETRY_MAX_SEC)
+        self.write_error = error
 
     def _publish(self) -> None:
         self._pending = self._pending & self._items.keys()
@@ -395,8 +419,17 @@ class Store:
         with self._lock:
             self._transaction(lambda: self._set_settings(**changes))
 
-    def flush(self) -> bool:
-        """Write debounced setting changes; True when something was written."""
+    @property
+    def unsaved(self) -> bool:
+        """True while a debounced settings change has not reached index.json."""
+        return self._written_gen != self.settings_gen
+
+    def flush(self, force: bool = False) -> bool:
+        """Write debounced setting changes; True when something was written. After a failed
+        write it is not tried again before `flush_retry_at` (see FLUSH_RETRY_MIN_SEC), unless
+        `force` (shutdown)."""
+        if not force and self.clock() < self.flush_retry_at:
+            return False
         with self._lock:
             if self._written_gen == self.settings_gen:
                 return False

@@ -168,7 +168,7 @@ class App:
             except Exception as exc:  # the panel may already be gone; shutting down anyway
                 log.warning("display close failed: %s", exc)
         self.panel_lock.release()
-        self.store.flush()
+        self.store.flush(force=True)  # whatever the back-off of a failing card says
         self.notifier.close()
         if self._data_lock is not None:
             os.close(self._data_lock)
@@ -411,6 +411,7 @@ class App:
                              "reason": self.store.write_error,
                              "recovery": self.store.recovery, "index_writes":
                              self.store.index_writes,
+                             "write_failures": self.store.write_failures,
                              "pending_render": len(self.store.view.pending)}
         checks["http"] = dict({"status": "ok", "reason": None}, **self.server.counters.as_dict())
         statuses = [c["status"] for c in checks.values()]
