@@ -50,7 +50,7 @@ def test_recovery_empties_tmp_and_removes_unlisted_dirs(tmp_path):
     assert again.recovery["tmp_removed"] == 1 and again.recovery["orphans_removed"] == 1
 
 
-def test_recovery_drops_items_whose_files_are_broken(tmp_path):
+def test_recovery_keeps_items_with_broken_frames_and_renders_them_again(tmp_path):
     store = open_store(tmp_path)
     good = add_item(store, 1, [100])
     truncated = add_item(store, 2, [100, 100])
@@ -58,9 +58,41 @@ def test_recovery_drops_items_whose_files_are_broken(tmp_path):
     with open(store.frames_path(truncated), "r+b") as fh:
         fh.truncate(50)
     os.unlink(store.frames_path(gone))
+    originals = {i: open(store.original_path(i), "rb").read() for i in (truncated, gone)}
+    again = open_store(tmp_path)
+    assert [m["id"] for m in again.view.items] == [good, truncated, gone]
+    assert again.recovery["dropped"] == []
+    assert {d["id"] for d in again.recovery["rerender"]} == {truncated, gone}
+    for item_id, data in originals.items():
+        # the user's original is untouched; no render recorded, so the maintenance thread
+        # renders it again (the same state as an item restored from a backup)
+        assert open(again.original_path(item_id), "rb").read() == data
+        assert again.view.get(item_id)["render"] is None
+        assert not os.path.exists(again.frames_path(item_id))
+        with open(tmp_path / "media" / item_id / "meta.json") as fh:
+            assert json.load(fh)["render"] is None
+    with open(tmp_path / "index.json") as fh:
+        assert [m.get("render", "-") for m in json.load(fh)["items"]] == ["-", None, None]
+    third = open_store(tmp_path)  # a second start finds nothing new to do
+    assert third.recovery["rerender"] == [] and third.recovery["dropped"] == []
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda path: os.unlink(path), "original missing"),
+    (lambda path: open(path, "wb").close(), "original is empty"),
+    (lambda path: (os.unlink(path), os.mkdir(path)), "original unreadable: Is a directory"),
+])
+def test_recovery_drops_an_item_only_when_its_original_is_unusable(tmp_path, damage, reason):
+    store = open_store(tmp_path)
+    good = add_item(store, 1, [100])
+    lost = add_item(store, 2, [100, 100])
+    with open(store.frames_path(lost), "r+b") as fh:
+        fh.truncate(50)
+    damage(store.original_path(lost))
     again = open_store(tmp_path)
     assert [m["id"] for m in again.view.items] == [good]
-    assert {d["id"] for d in again.recovery["dropped"]} == {truncated, gone}
+    assert again.recovery["dropped"] == [{"id": lost, "reason": reason}]
+    assert sorted(os.listdir(tmp_path / "media")) == [good]
     with open(tmp_path / "index.json") as fh:
         assert [m["id"] for m in json.load(fh)["items"]] == [good]
 

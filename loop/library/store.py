@@ -443,7 +443,8 @@ class Store:
     def open(self) -> dict:
         """Recover the data directory and load the library; returns what recovery did."""
         report = {"tmp_removed": 0, "orphans_removed": 0, "dropped": [], "rebuilt": False,
-                  "bad_index_kept": None, "restored": [], "temp_files_removed": 0}
+                  "bad_index_kept": None, "restored": [], "temp_files_removed": 0,
+                  "rerender": []}
         with self._lock:
             os.makedirs(self.media_dir, exist_ok=True)
             os.makedirs(self.tmp_dir, exist_ok=True)
@@ -460,8 +461,16 @@ class Store:
             for item_id in list(self._items):
                 reason = self._check_item(item_id)
                 if reason:
+                    log.error("recovery: item %s is dropped and its files removed: %s",
+                              item_id, reason)
                     report["dropped"].append({"id": item_id, "reason": reason})
                     del self._items[item_id]
+                    needs_write = True
+                    continue
+                damage = self._check_frames(item_id)
+                if damage:
+                    self._render_again(item_id, damage)
+                    report["rerender"].append({"id": item_id, "reason": damage})
                     needs_write = True
             self._loop = [i for i in self._loop if i in self._items]
             report["orphans_removed"] = self._remove_orphans()
@@ -472,7 +481,7 @@ class Store:
             self._publish()
         self.recovery = report
         if any(report[k] for k in ("tmp_removed", "orphans_removed", "dropped", "rebuilt",
-                                   "restored", "temp_files_removed")):
+                                   "restored", "temp_files_removed", "rerender")):
             log.warning("recovery: %s", report)
         else:
             log.info("recovery: the data directory was clean (%d items)", len(self._items))
@@ -533,23 +542,55 @@ class Store:
         return {"items": items, "loop": [m["id"] for m in items], "settings": {}}
 
     def _check_item(self, item_id: str) -> str | None:
+        """Why the item cannot stay in the library, or None. Only a missing directory or an
+        unreadable original drops an item: the original is the user's data, and everything
+        else (frames, thumbnail) is made from it again."""
         if not valid_id(item_id):
             return "invalid id"
         directory = os.path.join(self.media_dir, item_id)
         if not os.path.isdir(directory):
             return "directory missing"
-        frames_path = os.path.join(directory, "frames.bin")
-        # a restored item (render: null) has no frames until the maintenance thread renders it
-        waiting = self._items[item_id].get("render", "") is None \
-            and not os.path.lexists(frames_path)
         try:
-            if not waiting:
-                frames.validate(frames_path)
+            with open(self.original_path_for(self._items[item_id]), "rb") as fh:
+                if not fh.read(1):
+                    return "original is empty"
+        except FileNotFoundError:
+            return "original missing"
+        except OSError as exc:
+            return f"original unreadable: {exc.strerror or exc}"
+        return None
+
+    def _check_frames(self, item_id: str) -> str | None:
+        """What is wrong with the item's frame file (truncated by a crash, damaged), or
+        None."""
+        frames_path = os.path.join(self.media_dir, item_id, "frames.bin")
+        # a restored item (render: null) has no frames until the maintenance thread renders it
+        if self._items[item_id].get("render", "") is None and not os.path.lexists(frames_path):
+            return None
+        try:
+            frames.validate(frames_path)
         except (OSError, frames.FrameFileError) as exc:
             return f"frame file: {exc}"
-        if not os.path.exists(self.original_path_for(self._items[item_id])):
-            return "original missing"
         return None
+
+    def _render_again(self, item_id: str, damage: str) -> None:
+        """Keep an item whose frames are damaged: drop the bad frame file and record that
+        the item has no render (`render: null`, as a restored item), so the maintenance
+        thread makes new frames from the original. Nothing maps the file yet at start-up."""
+        log.warning("recovery: item %s is kept and will be re-rendered from its original "
+                    "(%s)", item_id, damage)
+        try:
+            os.unlink(os.path.join(self.media_dir, item_id, "frames.bin"))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # it stays pending all the same; the re-render replaces it
+            log.warning("cannot remove the damaged frame file of %s: %s", item_id, exc)
+        meta = dict(self._items[item_id], render=None)
+        self._items[item_id] = meta
+        try:
+            write_json_atomic(os.path.join(self.media_dir, item_id, "meta.json"), meta)
+        except OSError as exc:  # the index holds the change; meta.json catches up later
+            log.warning("meta.json of %s not updated: %s", item_id, exc)
 
     def original_path_for(self, meta: dict) -> str:
         return os.path.join(self.media_dir, meta["id"], f"original.{meta.get('ext', 'bin')}")
