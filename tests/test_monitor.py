@@ -296,7 +296,8 @@ def test_many_brightness_changes_cost_few_index_writes(fast_app):
 def test_settings_are_flushed_at_shutdown(fast_app):
     app = fast_app(**{"system.settings_flush_sec": 3600})
     Client(app.server.port).put("/api/display", json_body={"brightness": 7})
-    time.sleep(0.2)  # several monitor rounds: none may write yet
+    ticks = app.monitor.ticks
+    wait_for(lambda: app.monitor.ticks >= ticks + 4)  # several monitor rounds: none writes
     with open(app.store.index_path) as fh:
         assert json.load(fh)["settings"]["brightness"] != 7
     app.stop()
