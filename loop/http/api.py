@@ -568,7 +568,8 @@ def _check_number(name, value, kind, lo, hi) -> None:
     if value is None and name in ("loop_count", "duration_sec"):
         return  # null = back to the default
     if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
-        raise HttpError(422, "validation_failed", f"{name} must be a number {lo}..{hi}")
+        what = "a whole number" if kind is int else "a number"
+        raise HttpError(422, "validation_failed", f"{name} must be {what} {lo}..{hi}")
 
 
 def upload_id(request: Request) -> str | None:
