@@ -411,7 +411,7 @@
       setText(pill, "Offline since " + clock(conn.since));
       const left = Math.ceil((conn.nextTry - Date.now()) / 1000);
       setText($("#offline-text"), "LOOP is not answering. " +
-        (left > 0 ? "Trying again in " + left + " s." : "Trying again now…"));
+        (left > 0 ? "Next try in " + left + " s." : "Trying again now…"));
     } else if (conn.state === "ok") {
       setText(pill, "Connected");
     }
@@ -429,6 +429,13 @@
     setText($("#health-verdict"), "Not known: LOOP is not answering.");
   }
 
+  // The player's controls cannot reach LOOP while it is offline (and "Pause" would claim it
+  // plays): they are disabled until it answers again.
+  const LIVE_CONTROLS = ["#btn-prev", "#btn-play", "#btn-next", "#mode-select", "#fit-select", "#brightness"];
+  function enableLiveControls(enabled) {
+    for (const sel of LIVE_CONTROLS) $(sel).disabled = !enabled;
+  }
+
   // `retryMs` is when the status poller (the one the banner counts down for) tries again.
   function connLost(retryMs) {
     if (retryMs !== undefined) conn.nextTry = Date.now() + retryMs;
@@ -438,6 +445,7 @@
       statusEtag = null;          // the first answer after this must be a full snapshot
       conn.ticker = setInterval(renderConn, 1000);
       showLiveUnknown();
+      enableLiveControls(false);
     }
     renderConn();
   }
@@ -450,6 +458,7 @@
       conn.since = null;
       clearInterval(conn.ticker);
       conn.ticker = null;
+      enableLiveControls(true);
       renderConn();
       for (const p of Object.values(pollers)) {
         if (p.failures) { p.failures = 0; p.poke(); }
