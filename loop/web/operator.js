@@ -197,9 +197,10 @@
           h("span", { class: "muted", text: "%" }),
         ]),
       ]),
-      h("div", { class: "days", role: "group", "aria-label": "Days (none: every day)" }, dayBoxes.concat([
+      h("div", { class: "rule-line" }, [
+        h("div", { class: "days", role: "group", "aria-label": "Days (none: every day)" }, dayBoxes),
         h("span", { class: "muted days-hint", "data-hint": index }),
-      ])),
+      ]),
     ]);
   }
 
