@@ -1112,12 +1112,14 @@
     r.download = h("a", { class: "btn btn-small", "data-testid": "item-download", download: "", text: "Download" });
     r.del = button("item-delete", "Delete", "btn-small btn-danger");
     card.root = h("li", { class: "card", "data-testid": "item-card", "data-id": item.id, "data-sheet": "" }, [
-      r.thumbBox,
-      h("div", { class: "card-info" }, [r.name, r.meta, r.timingSummary, r.badge]),
-      h("div", { class: "card-move" }, [r.up, r.down]),
-      h("div", { class: "card-actions" }, [r.toggle, r.show, r.rename, r.timing, r.download, r.del]),
-      r.renameForm,
-      r.timingForm,
+      h("div", { class: "card-grid" }, [
+        r.thumbBox,
+        h("div", { class: "card-info" }, [r.name, r.meta, r.timingSummary, r.badge]),
+        h("div", { class: "card-move" }, [r.up, r.down]),
+        h("div", { class: "card-actions" }, [r.toggle, r.show, r.rename, r.timing, r.download, r.del]),
+        r.renameForm,
+        r.timingForm,
+      ]),
     ]);
 
     r.up.addEventListener("click", () => moveInLoop(card.id, -1));
