@@ -112,6 +112,9 @@ def test_every_control_is_at_least_44px_on_a_phone(browser, phone_server):
         assert not small, f"controls under {MIN_TARGET_PX}x{MIN_TARGET_PX} px: {small}"
         # and nothing makes the page scroll sideways
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        # the whole page with everything open, for a person to look at (not committed)
+        os.makedirs(dash.ARTIFACTS, exist_ok=True)
+        page.screenshot(path=os.path.join(dash.ARTIFACTS, "dashboard-360.png"), full_page=True)
     finally:
         ui.context.close()
     ui.check_clean()
@@ -155,6 +158,8 @@ def test_laptop_shows_player_upload_and_library_without_scrolling(browser, phone
             ".col", "cols => cols.map(c => [c.getBoundingClientRect().x, c.offsetHeight])")
         assert len({x for x, _ in columns}) == 3, columns
         assert max(h for _, h in columns) < 1600, columns
+        os.makedirs(dash.ARTIFACTS, exist_ok=True)
+        page.screenshot(path=os.path.join(dash.ARTIFACTS, "dashboard-1280.png"))
     finally:
         ui.context.close()
     ui.check_clean()
