@@ -542,11 +542,27 @@
     if (statusEtag) headers["If-None-Match"] = statusEtag;
     const res = await api("GET", "/api/poll/status", { headers, timeout: POLL_TIMEOUT_MS });
     if (res.status === 304 && status) {
+      // A control held while the person used it catches up once the hold is over, even
+      // when nothing changed since (a change from elsewhere may have come during the hold).
+      syncControls(status.player || {});
       previewTick(false);
       return;
     }
     statusEtag = res.headers.get("ETag");
     applyStatus(res.data || {});
+  }
+
+  /** Mode and brightness follow the device, except while a person is using them. */
+  function syncControls(player) {
+    if (player.mode && Date.now() > hold.mode) {
+      const select = $("#mode-select");
+      if (select.value !== player.mode) select.value = player.mode;
+    }
+    if (typeof player.brightness === "number" && Date.now() > hold.brightness) {
+      const slider = $("#brightness");
+      if (Number(slider.value) !== player.brightness) slider.value = String(player.brightness);
+      showBrightness(player.brightness);
+    }
   }
 
   function applyStatus(s) {
@@ -573,15 +589,7 @@
     setText(play, state === "playing" ? "Pause" : "Play");
     setAttr(play, "aria-label", state === "playing" ? "Pause" : "Play");
 
-    if (player.mode && Date.now() > hold.mode) {
-      const select = $("#mode-select");
-      if (select.value !== player.mode) select.value = player.mode;
-    }
-    if (typeof player.brightness === "number" && Date.now() > hold.brightness) {
-      const slider = $("#brightness");
-      if (Number(slider.value) !== player.brightness) slider.value = String(player.brightness);
-      showBrightness(player.brightness);
-    }
+    syncControls(player);
     if (display.fit) showFit(display.fit);    // a newer server may send it here
     renderBreaker();
     renderPanelFact();
