@@ -88,6 +88,15 @@ def test_the_server_header_has_no_trailing_space(client):
     assert reply.headers["Server"] == "LOOP"
 
 
+def test_the_library_says_what_null_play_times_stand_for_and_status_shows_the_fit(client):
+    defaults = client.get("/api/media").data["defaults"]
+    assert defaults == {"loop_count": 3, "item_duration_sec": 0.0,
+                        "static_image_duration_sec": 10.0}
+    assert client.get("/api/poll/status").data["display"]["fit"] == "contain"
+    assert client.put("/api/display", json_body={"fit": "cover"}).status == 200
+    assert client.get("/api/poll/status").data["display"]["fit"] == "cover"
+
+
 def test_list_get_delete(app, client):
     ids = [client.upload([(f"{i}.png", png_bytes((i, i, i)))]).data["results"][0]["item"]["id"]
            for i in range(3)]

@@ -539,6 +539,9 @@ def test_play_time_per_item(ui, loop_server):
     count = anim_card.locator('[data-testid="item-loop-count"]')
     seconds = anim_card.locator('[data-testid="item-duration"]')
     message = anim_card.locator('[data-testid="item-timing-message"]')
+    # the form says what an empty field means: the server's default (media.loop_count = 3)
+    assert "the default, 3 times" in \
+        anim_card.locator('[data-testid="item-timing-hint"]').inner_text()
     # a wrong number is refused here, nothing is sent
     count.fill("2.5")
     anim_card.locator('[data-testid="item-timing-save"]').click()

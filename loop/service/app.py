@@ -393,7 +393,7 @@ class App:
                   f"{display_status}.{self.scheduler.version}.{self.store.settings_gen}"
         data = {"player": player.as_dict(self.player.frame_index),
                 "display": {"driver": self.driver.name, "status": display_status,
-                            "breaker": breaker},
+                            "breaker": breaker, "fit": self.store.settings.get("fit")},
                 "library": {"items": len(view.items), "bytes": view.bytes},
                 "schedule": self.scheduler.status(),
                 "jobs_active": jobs_active, "version": version}

@@ -808,6 +808,7 @@
       const res = await api("GET", "/api/media", { timeout: ACTION_TIMEOUT_MS });
       if (loopOps === 0) {
         items = ((res.data && res.data.items) || []).slice();
+        playDefaults = (res.data && res.data.defaults) || playDefaults;
         library.loaded = true;
         renderLibrary();
         markReady();
@@ -970,6 +971,23 @@
   // ---- play time: loop_count (times an animation plays) and duration_sec (seconds on the
   // panel; for an animation it wins over loop_count). null = LOOP's configured default.
   function isStill(item) { return !(item.frames > 1); }
+  let playDefaults = {};  // GET /api/media's defaults: what an empty field stands for
+
+  function defaultWords(still) {
+    const d = playDefaults;
+    if (still) {
+      return typeof d.static_image_duration_sec === "number"
+        ? "Empty: the default, " + d.static_image_duration_sec + " s." : "Empty: LOOP's default time for pictures.";
+    }
+    if (typeof d.item_duration_sec === "number" && d.item_duration_sec > 0) {
+      return "Empty: the default, " + d.item_duration_sec + " s. Seconds, when set, win over times.";
+    }
+    if (typeof d.loop_count === "number") {
+      return "Empty: the default, " + d.loop_count + (d.loop_count === 1 ? " time" : " times") +
+        ". Seconds, when set, win over times.";
+    }
+    return "Empty: LOOP's defaults. Seconds, when set, win over times.";
+  }
 
   function timingWords(item) {
     const secs = typeof item.duration_sec === "number" ? item.duration_sec : null;
@@ -989,9 +1007,7 @@
     r.countInput.value = typeof item.loop_count === "number" ? String(item.loop_count) : "";
     r.durationInput.value = typeof item.duration_sec === "number" ? String(item.duration_sec) : "";
     setText(r.durationLabel, still ? "Seconds on screen" : "Or seconds (wins)");
-    setText(r.timingHint, still
-      ? "Empty: LOOP's default time for pictures."
-      : "Empty: LOOP's defaults. Seconds, when set, win over times.");
+    setText(r.timingHint, defaultWords(still));
   }
 
   // A field's text as the API wants it: null when empty, a number when valid, else undefined.
@@ -1079,7 +1095,7 @@
     });
     r.countField = h("label", { class: "field" }, [h("span", { class: "field-label", text: "Times through" }), r.countInput]);
     r.durationLabel = h("span", { class: "field-label" });
-    r.timingHint = h("p", { class: "muted small" });
+    r.timingHint = h("p", { class: "muted small", "data-testid": "item-timing-hint" });
     r.timingMessage = h("p", { class: "form-message", "data-kind": "error", "data-testid": "item-timing-message", role: "alert", hidden: true });
     r.timingForm = h("form", { class: "sheet timing-form", hidden: true, novalidate: true }, [
       h("div", { class: "timing-fields" }, [r.countField, h("label", { class: "field" }, [r.durationLabel, r.durationInput])]),
