@@ -465,6 +465,19 @@ def test_items_waiting_for_a_render_are_not_called_no_media(rig):
     assert bytes(r.player.preview[0].frame(0)) == expected
 
 
+def test_status_says_starting_during_the_boot_screen_then_plays(rig):
+    r = rig()
+    add_item(r.store, 1, [100, 100])
+    r.player.screen(["LOOP", "10.0.0.7"], 2.0)  # queued before the thread starts, as App does
+    r.start()
+    r.run_for(1.0)
+    assert r.player.status.state == "starting" and r.player.status.item is None
+    r.run_for(1.5)
+    assert r.player.status.state == "playing"
+    assert r.player.status.item == f"{1:016x}"
+    assert r.shown()[1] == (2.0, 10)  # the first frame right when the screen's time is up
+
+
 # ---- quarantine and re-rendering, in the service --------------------------------------------
 def test_a_quarantined_item_plays_again_after_it_is_re_rendered(make_app):
     app = make_app()
