@@ -35,8 +35,9 @@ class Clock:
 
 class RecordingDriver:
     """Records each call that reached the panel, at the injected clock's time; the first
-    byte of a frame is its tag. `broken` makes every call fail, like a panel that went away;
-    `slow_once` makes the next show() take that long (on the injected clock)."""
+    byte of a frame is its tag. `broken` makes every call fail, like a panel that went away,
+    `broken_shows` only the frames; `slow_once` makes the next show() take that long (on the
+    injected clock)."""
 
     name = "recording"
     pixel_format = "RGB24"
@@ -49,6 +50,7 @@ class RecordingDriver:
         self.calls: list[tuple] = []
         self.cleared = 0
         self.broken = False
+        self.broken_shows = False
         self.slow_once = 0.0
 
     def _reach(self, *call):
@@ -58,6 +60,8 @@ class RecordingDriver:
 
     def show(self, frame):
         tag = bytes(frame[:1])[0]
+        if self.broken_shows:
+            raise OSError("frame write failed")
         self._reach("show", tag)
         self.shows.append((self.clock(), tag))
         if self.slow_once:
@@ -388,6 +392,24 @@ def test_a_failed_frame_is_drawn_again_when_the_breaker_closes(rig):
     r.driver.broken = False
     r.run_for(5)
     assert breaker.state == "closed" and r.driver.calls[-1] == ("show", 20)
+
+
+def test_failing_frames_open_the_breaker_though_brightness_calls_work(rig):
+    """Catching up re-applies only what the panel missed: a brightness call that works must
+    not reset the failure count while every frame fails (the breaker would never open)."""
+    r, breaker = breaker_rig(rig, **{"media.loop_count": 100})
+    add_item(r.store, 1, [100, 100])
+    r.start()
+    r.run_for(0.15)
+    r.driver.broken_shows = True
+    r.cmd("brightness", value=60)  # reaches the panel
+    r.run_for(0.5)
+    assert breaker.state == "open" and r.driver.brightness[-1] == 60
+    r.run_for(20)  # the trials at +5 s and +10 s more: each one a frame, each one failing
+    assert breaker.state == "open" and breaker.snapshot()["openings"] == 3
+    r.driver.broken_shows = False
+    r.run_for(20)  # the next trial, 20 s on
+    assert breaker.state == "closed" and r.driver.calls[-1][0] == "show"
 
 
 def test_an_operator_reset_puts_the_state_back_at_once(rig):

@@ -101,9 +101,11 @@ class Player(threading.Thread):
         self.quarantined: frozenset = frozenset()
         self._quarantined_render: dict = {}  # id -> its meta["render"] when quarantined
         self.preview = None  # (frames, index) of what the panel shows now
-        # a driver call was refused (breaker open) or failed: the panel may not show the
-        # wanted brightness and frame until _apply_state() puts them back
-        self._panel_behind = False
+        # what the panel missed because a driver call was refused (breaker open) or failed;
+        # _catch_up() puts exactly that back, and nothing else: a call that works must not
+        # hide one that keeps failing (a success resets the breaker's failure count)
+        self._brightness_behind = False
+        self._frame_behind = False
         self._now: _Playing | None = None
         self._library_version = -1
         self._screen_until = 0.0
@@ -233,8 +235,9 @@ class Player(threading.Thread):
     def _step(self) -> float | None:
         """Do what is due now; return seconds until the next thing is due (None = idle)."""
         now = self.clock()
-        if self._panel_behind and (self.breaker is None or self.breaker.would_allow()):
-            self._apply_state()  # also when nothing else is due: idle, a still, brightness 0
+        if (self._brightness_behind or self._frame_behind) and \
+                (self.breaker is None or self.breaker.would_allow()):
+            self._catch_up()  # also when nothing else is due: idle, a still, brightness 0
         if now < self._screen_until:
             return self._screen_until - now
         if self._screen_until:  # the boot screen just ended: no longer "starting"
@@ -410,28 +413,38 @@ class Player(threading.Thread):
         self.preview = (frames, index)
         self.frame_index = index
         self.frames_shown += 1
-        if self._panel_behind:
-            self._apply_state()
-        elif self.brightness > 0:
-            self._call_driver(self.driver.show, frames.frame(index))
+        if self._brightness_behind:
+            self._apply_state()  # the brightness first, then this frame
+        else:
+            self._draw_current()
 
     def _call_driver(self, fn, *args) -> bool:
-        done = self.breaker.call(fn, *args) if self.breaker else _plain_call(fn, *args)
-        if not done:
-            self._panel_behind = True
-        return done
+        return self.breaker.call(fn, *args) if self.breaker else _plain_call(fn, *args)
 
     def _apply_state(self) -> None:
         """Put the wanted state on the panel: the brightness, then the current frame (a
-        frame that came while the brightness was 0 never reached the driver). Also how a
-        panel that missed calls catches up: with the breaker open this is its half-open
-        trial, whatever the brightness (at 0 the trial is set_brightness(0), which clears)."""
-        self._panel_behind = False  # set again by the first call that does not go through
-        if not self._call_driver(self.driver.set_brightness, self.brightness):
-            return
+        frame that came while the brightness was 0 never reached the driver)."""
+        if self._call_driver(self.driver.set_brightness, self.brightness):
+            self._brightness_behind = False
+            self._draw_current()
+        else:
+            self._brightness_behind = self._frame_behind = True
+
+    def _draw_current(self) -> None:
+        """Draw the current frame, unless the brightness is 0 (the panel is off)."""
+        self._frame_behind = False
         if self.brightness > 0 and self.preview is not None:
             frames, index = self.preview
-            self._call_driver(self.driver.show, frames.frame(index))
+            self._frame_behind = not self._call_driver(self.driver.show, frames.frame(index))
+
+    def _catch_up(self) -> None:
+        """Put back what the panel missed. With the breaker open this is its half-open
+        trial, and it runs whatever the brightness: at 0 the trial is set_brightness(0)
+        (which clears the panel)."""
+        if self._brightness_behind:
+            self._apply_state()
+        elif self._frame_behind:
+            self._draw_current()
 
     def _show_screen(self, lines) -> None:
         image = screens.render(lines, self.driver.width, self.driver.height)
