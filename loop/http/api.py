@@ -347,7 +347,7 @@ class Api:
         except OSError:
             raise HttpError(404, "not_found", "no such file") from None
         length = os.fstat(fh.fileno()).st_size
-        return Response(200, b"", ctype, dict(headers), stream=_chunks(fh), length=length)
+        return Response(200, b"", ctype, dict(headers), stream=_FileChunks(fh), length=length)
 
     def get_loop(self, request):
         return envelope(200, {"items": list(self.app.store.view.loop)})
@@ -558,10 +558,20 @@ def _not_modified(header: str, etag: str) -> bool:
     return "*" in tags or etag.removeprefix("W/") in tags
 
 
-def _chunks(fh, size: int = 256 * 1024):
-    with fh:
-        while chunk := fh.read(size):
-            yield chunk
+class _FileChunks:
+    """A stored file as a streamed body. It owns the open file: iterating it to the end, or
+    `close()` (the server calls it when the body is not sent: HEAD, a client gone), closes it."""
+
+    def __init__(self, fh, size: int = 256 * 1024):
+        self._fh, self._size = fh, size
+
+    def __iter__(self):
+        with self._fh:
+            while chunk := self._fh.read(self._size):
+                yield chunk
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def _check_number(name, value, kind, lo, hi) -> None:

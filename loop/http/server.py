@@ -553,6 +553,9 @@ class LoopHandler(BaseHTTPRequestHandler):
             if response.stream is not None and self.command != "HEAD":
                 self._send_stream(response)
         finally:
+            close = getattr(response.stream, "close", None)
+            if close is not None:  # a body not sent (HEAD, a broken write) still lets go
+                close()
             self._log_access(response.status, response.content_length)
 
     def _send_stream(self, response: Response) -> None:
@@ -662,8 +665,15 @@ class LoopHandler(BaseHTTPRequestHandler):
                        (time.monotonic() - self._started) * 1000)
 
 
+class LoopServer6(LoopServer):
+    """The same server on an IPv6 address: the family is a class attribute the stdlib reads
+    before binding, so it gets a class of its own (setting it on LoopServer would make every
+    later IPv4 bind in the process fail)."""
+
+    address_family = socket.AF_INET6
+
+
 def bind(host: str, port: int, web_cfg, api) -> LoopServer:
     """Create the server with its socket bound and listening (before privileges drop)."""
-    if ":" in host:
-        LoopServer.address_family = socket.AF_INET6
-    return LoopServer((host, port), web_cfg, api)
+    server_class = LoopServer6 if ":" in host else LoopServer
+    return server_class((host, port), web_cfg, api)

@@ -76,8 +76,9 @@ class Intake:
         """A raw body (`curl --data-binary`) as one file."""
         job = self.jobs.create(clean_name(name), upload_id)
         directory = self.store.new_temp_dir("up")
-        sink = _Sink(directory, job, self.jobs, length)
+        sink = None
         try:
+            sink = _Sink(directory, job, self.jobs, length)
             remaining = length
             while remaining > 0:
                 chunk = read(min(CHUNK, remaining))
@@ -87,6 +88,8 @@ class Intake:
                 remaining -= len(chunk)
             return [sink.close(clean_name(name))]
         except BaseException as exc:
+            if sink is not None:
+                sink.discard()
             self._fail(job, exc)
             shutil.rmtree(directory, ignore_errors=True)
             raise
@@ -127,6 +130,8 @@ class Intake:
         return files
 
     def _abandon(self, files, sink, directory, exc=None) -> None:
+        if sink is not None:
+            sink.discard()
         for job in [f.job for f in files] + ([sink.job] if sink else []):
             self._fail(job, exc or MediaError(400, "bad_request", "upload aborted"))
         shutil.rmtree(directory, ignore_errors=True)
@@ -236,6 +241,10 @@ class _Sink:
         self.hash.update(chunk)
         self.size += len(chunk)
         self.jobs.update(self.job, progress=self.size / self.expected)
+
+    def discard(self) -> None:
+        """The upload was aborted: let go of the file handle (the caller removes the file)."""
+        self._fh.close()
 
     def close(self, name: str) -> Received:
         try:

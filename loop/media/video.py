@@ -374,9 +374,12 @@ def _decode(ffmpeg, ffprobe, path, container, frames_path, target, media_cfg, pr
             "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", filter_graph(info, target, fps),
             "-t", f"{seconds:.3f}", "-frames:v", str(budget),
             "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    child = Child(argv, deadline)
+    # the frame file first: if it cannot be created no child is started (a child started
+    # before it would be left behind, sleeping on a full pipe)
     writer = FrameWriter(frames_path, target.width, target.height, target.pixel_format)
+    child = None
     try:
+        child = Child(argv, deadline)
         frame = memoryview(bytearray(rgb_size))  # the one frame in memory
         while writer.count < budget:
             if child.readinto(frame) < rgb_size:
@@ -398,6 +401,7 @@ def _decode(ffmpeg, ffprobe, path, container, frames_path, target, media_cfg, pr
         header = writer.finish()
     finally:
         writer.close()
-        child.close()
+        if child is not None:
+            child.close()
     return Rendered("video", container.ext, info.width, info.height, header.count,
                     sum(writer.durations), notes, container.ext)
