@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import multipart
 from PIL import Image
 
-from loop import __version__, schedule
+from loop import __version__, schedule, untrusted_json
 from loop.config import FITS, MODES
 from loop.http import metrics
 from loop.http.access import BACKUP_PATH, Access
@@ -32,6 +32,7 @@ from loop.http.ratelimit import retry_after
 from loop.http.server import Request
 from loop.library import backup
 from loop.library.intake import UPLOAD_ID
+from loop.library.names import clean_name
 from loop.library.store import MAX_NAME, valid_id
 from loop.media import screens
 from loop.media.errors import MediaError
@@ -210,9 +211,10 @@ class Api:
         if body.length > JSON_BODY_LIMIT:
             raise HttpError(413, "payload_too_large", "JSON bodies are limited to 64 KiB")
         try:
-            value = json.loads(body.read_all().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise HttpError(400, "bad_json", "the body is not valid JSON") from None
+            value = untrusted_json.loads(body.read_all())
+        except ValueError:  # not JSON, not UTF-8, or nested too deep
+            raise HttpError(400, "bad_json", "the body is not valid JSON (nested at most "
+                            f"{untrusted_json.MAX_DEPTH} levels)") from None
         if not isinstance(value, dict):
             raise HttpError(400, "bad_json", "the body must be a JSON object")
         return value
@@ -276,7 +278,8 @@ class Api:
         return envelope(200, data, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
     def progress(self, request):
-        return envelope(200, {"jobs": self.app.jobs.list()})
+        jobs = self.app.jobs
+        return envelope(200, {"jobs": jobs.list(), "total": len(jobs)})
 
     def health(self, request):
         return envelope(200, self.app.health())
@@ -301,11 +304,12 @@ class Api:
         body = self._json_body(request)
         changes = {}
         for key, value in body.items():
-            if key == "name":
-                if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
-                    raise HttpError(422, "validation_failed",
-                                   f"name must be 1..{MAX_NAME} characters")
-                changes["name"] = value.strip()
+            if key == "name":  # the one rule for names, as for uploads and restores
+                name = clean_name(value) if isinstance(value, str) else ""
+                if not name or len(value) > MAX_NAME:
+                    raise HttpError(422, "validation_failed", f"name must be 1..{MAX_NAME} "
+                                    "characters, some of them visible")
+                changes["name"] = name
             elif key == "loop_count":
                 _check_number(key, value, int, 1, 10000)
                 changes[key] = value

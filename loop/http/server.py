@@ -85,6 +85,23 @@ class _HeadTooLarge(http.client.HTTPException):
     pass
 
 
+class _MalformedHead(ValueError):
+    """A request head RFC 9112 says to refuse (400, then close): not an HTTPException, which
+    the stdlib's parse_request would turn into a 431."""
+
+
+# RFC 9112/9110: field-name ":" OWS field-value OWS, the name a token with nothing between it
+# and the colon, the value free of control characters but HTAB (NUL, CR and the rest are
+# refused, not cleaned), each line ending in CRLF (a bare LF is accepted). A line that does
+# not match, including obs-fold (a line starting with white space), is a 400: the stdlib's
+# parser would silently drop every later field, Content-Length too, and run the body as a
+# second request on the same connection.
+_FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r?\n\Z")
+_REQUEST_LINE_CTL = re.compile(rb"[\x00-\x1f\x7f](?!\n?\Z)")
+_END_OF_HEAD = (b"\r\n", b"\n")
+VERSIONS = ("HTTP/1.0", "HTTP/1.1")  # and the stdlib's HTTP/0.9 (a GET without a version)
+
+
 class _HeadReader:
     """Stands in for `rfile` while the stdlib reads a request head, bounding its size."""
 
@@ -92,6 +109,7 @@ class _HeadReader:
         self._rfile, self._counters = rfile, counters
         self.lines = 0
         self.size = 0
+        self._ended = False
 
     def readline(self, limit: int = -1) -> bytes:
         cap = MAX_REQUEST_LINE if self.lines == 0 else MAX_HEADER_LINE
@@ -106,6 +124,18 @@ class _HeadReader:
             raise http.client.LineTooLong("request line" if self.lines == 1 else "header line")
         if self.size > MAX_HEAD_BYTES or self.lines > MAX_HEADER_FIELDS + 2:
             raise _HeadTooLarge("request head too large")
+        if self.lines == 1:
+            if _REQUEST_LINE_CTL.search(line):
+                raise _MalformedHead("a control character in the request line")
+        elif not self._ended:
+            if line in _END_OF_HEAD:
+                self._ended = True
+            elif not line.endswith(b"\n"):
+                raise _MalformedHead("the request head ended inside a header line")
+            elif not _FIELD_LINE.match(line):
+                raise _MalformedHead("a malformed header line (a field needs a name, then "
+                                     "a colon with no space before it, and a value without "
+                                     "control characters; no folded lines)")
         return line
 
 
@@ -391,12 +421,17 @@ class LoopHandler(BaseHTTPRequestHandler):
                 return
         self._started = self.accepted if not self._served else time.monotonic()
         self._stream.deadline = self._started + web.header_timeout_sec
-        self.rfile = _HeadReader(self._buffered, self.server.counters)
+        self.rfile = reader = _HeadReader(self._buffered, self.server.counters)
         try:
             super().handle_one_request()  # parse_request, then do_<METHOD> -> _dispatch
         except http.client.HTTPException:  # from the request line; header lines: 431 there
             self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
             self.send_error(414)
+        except _MalformedHead as exc:
+            if reader.lines <= 1:  # the request line itself: nothing of it was parsed
+                self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
+            self._send_error(HttpError(400, "bad_request", f"bad request head: {exc}",
+                                       close=True))
         except OSError as exc:  # reset, broken pipe, a write that timed out
             log.debug("client %s went away: %r", self.client_address[0], exc)
             self.close_connection = True
@@ -415,6 +450,20 @@ class LoopHandler(BaseHTTPRequestHandler):
             return False
         except OSError:
             return False
+
+    def parse_request(self) -> bool:
+        """The stdlib's parser, then the version rule: HTTP/1.0 and HTTP/1.1 only. RFC 9110
+        would have a server treat an unknown minor version such as HTTP/1.2 as 1.1; no
+        real client sends one, so it is refused with 505 (the stdlib answers 505 from
+        HTTP/2.0 up) rather than guessed at."""
+        if not super().parse_request():
+            return False
+        if self.request_version not in VERSIONS and self.request_version != "HTTP/0.9":
+            self.request_version = "HTTP/1.1"  # the version of our answer
+            self._send_error(HttpError(505, "version_not_supported", "only HTTP/1.0 and "
+                                       "HTTP/1.1 are spoken here", close=True))
+            return False
+        return True
 
     def handle_expect_100(self) -> bool:
         """Defer `100 Continue` to the first read of the body: by then every check passed."""

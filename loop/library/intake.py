@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import multipart
 
+from loop.library import names
 from loop.library.jobs import Job, Jobs
 from loop.library.maintenance import render_key
-from loop.library.store import MAX_NAME, Store, now_iso
+from loop.library.store import Store, now_iso
 from loop.media import render
 from loop.media.errors import MediaError, storage_error
 from loop.media.frames import FrameFile
@@ -30,10 +31,10 @@ UPLOAD_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 
 
 def clean_name(name: str | None, fallback: str = "upload") -> str:
-    """A display name from a client-supplied file name: no path, no control characters."""
+    """A display name from a client-supplied file name: no path, then the one rule for names
+    (loop/library/names.py)."""
     name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch.isprintable()).strip()
-    return name[:MAX_NAME] or fallback
+    return names.clean_name(name) or fallback
 
 
 @dataclass
@@ -132,8 +133,10 @@ class Intake:
     def _abandon(self, files, sink, directory, exc=None) -> None:
         if sink is not None:
             sink.discard()
-        for job in [f.job for f in files] + ([sink.job] if sink else []):
+        jobs = [f.job for f in files] + ([sink.job] if sink else [])
+        for job in jobs:
             self._fail(job, exc or MediaError(400, "bad_request", "upload aborted"))
+        self.jobs.merge_failed(jobs)
         shutil.rmtree(directory, ignore_errors=True)
 
     def _fail(self, job: Job, exc: BaseException) -> None:
@@ -150,6 +153,7 @@ class Intake:
         finally:
             for received in files:
                 shutil.rmtree(os.path.dirname(received.path), ignore_errors=True)
+            self.jobs.merge_failed([received.job for received in files])
         statuses = [r["status"] for r in results]
         if 201 in statuses:
             return 201, results
