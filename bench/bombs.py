@@ -7,7 +7,7 @@ and the upload limits. Built here, byte by byte, for the tests (tests/test_bombs
   animation decoder composites every frame on full canvases (144 MB each).
 - `gif_many_frames`: 20,000 one-pixel frames on a 6000x6000 logical screen: ~460 KB; Pillow
   composites each frame on a full-screen canvas.
-- `mkv_patched`: a real 64x64 FFV1 video in Matroska whose PixelWidth/PixelHeight say
+- `mkv_patched`: a real 256x256 FFV1 video in Matroska whose PixelWidth/PixelHeight say
   6300x6300: FFV1 takes its picture size from the container, so ffmpeg allocates 6300x6300
   frames.
 """
@@ -90,29 +90,29 @@ def gif_many_frames(count: int = 20_000, screen: int = 6000) -> bytes:
     return head + frame * count + b"\x3b"
 
 
-def _ebml_uint_element(element_id: bytes, data: bytes, value: int) -> bytes:
-    """`data` with the first unsigned-integer element `element_id` set to `value` (same
-    width: the element's size byte stays)."""
-    at = data.index(element_id)
-    size = data[at + len(element_id)] & 0x7F  # a one-byte size descriptor (0x8N)
-    start = at + len(element_id) + 1
-    if value >= 1 << (8 * size):
-        raise ValueError("the new value does not fit the element")
-    return data[:start] + value.to_bytes(size, "big") + data[start + size:]
+def _ebml_uint_element(element_id: bytes, data: bytes, old: int, value: int) -> bytes:
+    """`data` with the two-byte unsigned-integer element `element_id` holding `old` set to
+    `value` (the element, its size byte 0x82 and its old value are matched together, so no
+    other byte that happens to equal the id is touched)."""
+    pattern = element_id + b"\x82" + old.to_bytes(2, "big")
+    if data.count(pattern) != 1:
+        raise ValueError("the element is not where it was expected")
+    return data.replace(pattern, element_id + b"\x82" + value.to_bytes(2, "big"))
 
 
 def mkv_patched(width: int = 6300, height: int = 6300, frames: int = 3) -> bytes:
-    """A real 64x64 FFV1 Matroska file (made by ffmpeg) claiming width x height."""
+    """A real 256x256 FFV1 Matroska file (made by ffmpeg) claiming width x height."""
     ffmpeg = shutil.which("ffmpeg")
     if not ffmpeg:
         raise RuntimeError("ffmpeg is not installed")
     with tempfile.TemporaryDirectory(prefix="loop-bomb-") as work:
         path = os.path.join(work, "small.mkv")
         subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
-                        f"testsrc=size=256x256:rate=10", "-frames:v", str(frames),
-                        "-c:v", "ffv1", "-level", "1", "-pix_fmt", "yuv420p", path],
+                        "testsrc=size=256x256:rate=10", "-frames:v", str(frames),
+                        "-c:v", "ffv1", "-level", "1", "-pix_fmt", "yuv420p",
+                        "-fflags", "+bitexact", path],
                        check=True, timeout=60)
         with open(path, "rb") as fh:
             data = fh.read()
-    data = _ebml_uint_element(b"\xb0", data, width)  # PixelWidth
-    return _ebml_uint_element(b"\xba", data, height)  # PixelHeight
+    data = _ebml_uint_element(b"\xb0", data, 256, width)  # PixelWidth
+    return _ebml_uint_element(b"\xba", data, 256, height)  # PixelHeight
