@@ -147,14 +147,22 @@ class Api:
             access = self.access()
             access.check_network(request)                  # 403
             access.check_host(request)                     # 400 / 421
-            with front.admission():                        # 503 + Retry-After
-                route, params, allowed = self._match(request)
-                request.rate_class = (route or (allowed[0] if allowed else None) or
-                                      UNKNOWN_ROUTE).rate
+            route, params, allowed = self._match(request)
+            request.rate_class = (route or (allowed[0] if allowed else None) or
+                                  UNKNOWN_ROUTE).rate
+            with front.admission(request.client_key, request.rate_class):  # 503
                 self._rate_limit(front.limiter, request)   # 429 + Retry-After
                 access.check_token(request)                # 401 + WWW-Authenticate
                 access.check_origin(request)               # 403
                 request.body = front.frame_body(*self.body_limit(route))  # 400/411/413/501
+                if route is not None and route.rate != "upload" and request.body:
+                    # a small (JSON) body is read with the slot let go, within a deadline
+                    # of its own: a client dribbling it holds a connection, never a slot
+                    if request.body.length > JSON_BODY_LIMIT:
+                        raise HttpError(413, "payload_too_large",
+                                        "JSON bodies are limited to 64 KiB", close=True)
+                    front.read_outside_slot(request.body,
+                                            self.app.cfg.web.header_timeout_sec)
                 if route is None:                          # 404 / 405 + Allow
                     raise _no_route(request, allowed)
                 response = getattr(self, route.handler)(request, **params)
@@ -379,9 +387,12 @@ class Api:
         self._check_memory()
         client_upload_id = upload_id(request)
         intake = self.app.intake
-        if not intake.job_slots.acquire(blocking=False):
-            raise HttpError(503, "busy", "all processing slots are busy; try again shortly",
-                           {"Retry-After": "2"})
+        why = intake.job_slots.try_acquire_for(request.client_key)
+        if why:
+            raise HttpError(503, "busy", "all processing slots are busy; try again shortly"
+                            if why == "full" else "this client's uploads already take their "
+                            "share of the processing slots; try again shortly",
+                            {"Retry-After": "2"})
         try:
             intake.check_disk(body.length)
             ctype = request.headers.get("Content-Type", "")
@@ -396,7 +407,7 @@ class Api:
                                            client_upload_id)
             status, results = intake.process_all(files)
         finally:
-            intake.job_slots.release()
+            intake.job_slots.release_for(request.client_key)
         for result in results:
             if result["item"] is not None:
                 result["item"] = self.public_item(result["item"])

@@ -36,6 +36,9 @@ class DecodeSlots:
 
     def __init__(self, slots: int, capacity: int, explain: str = ""):
         self._slots = threading.BoundedSemaphore(slots)
+        # one client holds at most all slots but one: its slow uploads cannot lock out others
+        self.per_client = max(1, slots - 1)
+        self._by_client: dict[str, int] = {}
         self._cond = threading.Condition()
         self.capacity = capacity  # bytes decodes may hold at once
         self.explain = explain  # how the capacity was found, for refusals
@@ -55,6 +58,26 @@ class DecodeSlots:
         if getattr(_bound, "slots", None) is self:
             _bound.slots = None
         self._slots.release()
+
+    def try_acquire_for(self, client: str) -> str | None:
+        """A slot for a request of `client` without waiting: None when held, else why not
+        ('client': it holds its share already; 'full')."""
+        with self._cond:
+            if self._by_client.get(client, 0) >= self.per_client:
+                return "client"
+            if not self.acquire(blocking=False):
+                return "full"
+            self._by_client[client] = self._by_client.get(client, 0) + 1
+            return None
+
+    def release_for(self, client: str) -> None:
+        with self._cond:
+            left = self._by_client.get(client, 1) - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                self._by_client.pop(client, None)
+        self.release()
 
     # ---- the memory pool ------------------------------------------------------------------
     def set_capacity(self, capacity: int, explain: str) -> None:
