@@ -73,9 +73,9 @@ def send_at_once(service, blobs: list[tuple[str, bytes]], timeout=120):
     children.start()
     replies = [None] * len(blobs)
 
-    def send(n, name, data):
-        replies[n] = Client(service.port).post(f"/api/media?name={name}", body=data,
-                                               timeout=timeout)
+    def send(n, name, data):  # from distinct clients: one client holds at most 2 of 3 slots
+        replies[n] = Client(service.port, source=f"127.0.0.{10 + n}").post(
+            f"/api/media?name={name}", body=data, timeout=timeout)
     threads = [threading.Thread(target=send, args=(n, name, data))
                for n, (name, data) in enumerate(blobs)]
     for thread in threads:
