@@ -99,7 +99,8 @@ def test_job_table_is_bounded_by_count_oldest_finished_first():
     listed = table.list()
     assert len(listed) == jobs.PROGRESS_LIMIT
     assert listed[0]["id"] == running.id  # unfinished first
-    assert listed[1]["name"] == f"f{jobs.MAX_FINISHED * 5 - 1}"  # then the newest finished
+    assert listed[-1]["name"] == f"f{jobs.MAX_FINISHED * 5 - 1}"  # the newest finished last
+    assert listed[1]["name"] == f"f{jobs.MAX_FINISHED * 5 - jobs.PROGRESS_LIMIT + 1}"
     clock.now += 3601
     assert table.expire() == jobs.MAX_FINISHED
     assert [j["id"] for j in table.list()] == [running.id]

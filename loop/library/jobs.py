@@ -102,10 +102,11 @@ class Jobs:
 
     def list(self, limit: int = PROGRESS_LIMIT) -> list[dict]:
         """At most `limit` jobs: unfinished ones first (in the order they began), then the
-        most recently finished."""
+        most recently finished, in the order they finished (the newest last)."""
         with self._lock:
             running = [job for job in self._jobs.values() if job.finished is None][:limit]
-            newest = list(self._finished)[::-1][:limit - len(running)]
+            room = limit - len(running)
+            newest = list(self._finished)[-room:] if room > 0 else []
             return [job.as_dict() for job in running] + \
                 [self._jobs[key].as_dict() for key in newest]
 
