@@ -204,8 +204,11 @@ def probe():
         taken = []
 
         def profile(frame, event, arg):
+            # a lock's own methods, or anything in threading.py (Event, Condition ...)
             if event == "c_call" and isinstance(getattr(arg, "__self__", None), LOCKS):
                 taken.append(arg.__name__)
+            elif event == "call" and frame.f_code.co_filename == threading.__file__:
+                taken.append("threading." + frame.f_code.co_name)
         sys.setprofile(profile)
         try:
             handler(signum, None)
