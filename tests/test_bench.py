@@ -49,7 +49,8 @@ def test_result_line_is_one_json_object_with_group_and_bench():
 
 
 def test_every_group_is_known():
-    assert common.GROUPS == ("memory", "polling", "pacing", "ingest", "startup", "durability")
+    assert common.GROUPS == ("memory", "polling", "pacing", "notify", "ingest", "startup",
+                             "durability")
 
 
 def test_headline_verdict_and_table():
