@@ -212,21 +212,21 @@ def test_interrupt_and_resume_at_the_same_item_frame_and_time_left(tmp_path):
     rig.at(1.0)
     assert rig.shown() == [10, 11]  # frame 1 since t=1.0, due to change at 2.0
     rig.now = 1.4
-    rig.post(note("door", HIGH, now=1.4, seconds=3.0, source=Frames(2, 500, tag=90)))
+    rig.post(note("door", HIGH, now=1.4, seconds=2.5, source=Frames(2, 500, tag=90)))
     rig.at(1.4)
     rig.at(1.9)
     rig.at(2.4)
     assert rig.shown()[2:] == [90, 91, 90]
     assert rig.player.status.notification == "door"
-    rig.at(4.4)  # over at 1.4 + 3.0
-    rig.at(4.4)
+    rig.at(3.9)  # over at 1.4 + 2.5
+    rig.at(3.9)
     assert rig.shown()[-1] == 11  # the loop's frame again, at once
     assert rig.player.status.notification is None
     assert rig.player.preview[1] == 1
-    rig.at(4.9)
+    rig.at(4.45)
     assert rig.shown()[-1] == 11  # its 0.6 s left: not yet
-    rig.at(5.0)
-    assert rig.shown()[-1] == 12  # 1.0 + 1.0 s of frame 1, plus the 3 s held
+    rig.at(4.5)
+    assert rig.shown()[-1] == 12  # 1.0 + 1.0 s of frame 1, plus the 2.5 s held
 
 
 def test_a_paused_player_stays_paused_under_a_notification(tmp_path):
