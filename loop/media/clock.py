@@ -2,7 +2,9 @@
 
 A clock's frame file is drawn once, off the display thread, like any item: frame 0 is a
 preview (the thumbnail), and frame 1 + k shows glyph `GLYPHS[k]` in every cell of the clock
-(the fonts are monospaced, so every character has the same cell). `ClockFace` shows a time by
+(the fonts are monospaced, so every character has the same cell). `ClockFace` copies those
+frames once when it is made (12 frames: 72 KB on a 64x32 panel), so the file is closed
+again at once and no descriptor stays open. It shows a time by
 copying, for each cell, that cell's rows out of the frame of the character it needs into a
 frame buffer: a few dozen slice copies into a buffer made once, no Pillow, no allocation of
 frames, and only when the text changes (once a minute, or a second). Rotation is handled by
@@ -150,7 +152,6 @@ class ClockFace:
     def __init__(self, frames, layout: dict):
         if frames.count != len(GLYPHS) + 1:
             raise ValueError("not a clock frame file")
-        self.frames = frames
         self.width, self.height = frames.width, frames.height
         self.pixel_format = frames.pixel_format
         self.format, self.seconds = layout["format"], bool(layout["seconds"])
@@ -168,7 +169,7 @@ class ClockFace:
             self._cells.append(tuple(rows))
         blank = frames.frame(1 + GLYPHS.index(" "))
         self._buffers = (bytearray(blank), bytearray(blank))
-        self._glyph_frames = {ch: frames.frame(1 + k) for k, ch in enumerate(GLYPHS)}
+        self._glyph_frames = {ch: bytes(frames.frame(1 + k)) for k, ch in enumerate(GLYPHS)}
         self._shown = 0
         self.text: str | None = None
 
@@ -190,4 +191,4 @@ class ClockFace:
         return self._buffers[self._shown]
 
     def close(self) -> None:
-        pass  # the FrameFile is freed with the last reference, as in the player
+        pass  # the face holds copies only

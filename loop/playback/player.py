@@ -390,7 +390,8 @@ class Player(threading.Thread):
         try:
             frames = FrameFile(self.store.frames_path(item["id"]))
             if item.get("kind") == "clock":
-                frames = ClockFace(frames, item["layout"])
+                file, frames = frames, ClockFace(frames, item["layout"])
+                file.close()  # the face keeps copies: no descriptor stays open
                 frames.show(self._local_time())
         except (OSError, FrameFileError, KeyError, TypeError, ValueError) as exc:
             log.error("item %s cannot play and is quarantined: %s", item["id"], exc)

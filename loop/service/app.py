@@ -416,7 +416,9 @@ class App:
         try:
             frames, rendered = self.notices.transient_frames(lambda path: generated.render_spec(
                 spec, path, self.target(), self.cfg.media, sync=False))
-            return ClockFace(frames, rendered.extra["layout"])
+            face = ClockFace(frames, rendered.extra["layout"])
+            frames.close()  # the face keeps copies: no descriptor stays open under tmp/
+            return face
         except (MediaError, OSError, ValueError) as exc:
             log.error("the night clock cannot be drawn (%s); show: clock shows nothing", exc)
             return None

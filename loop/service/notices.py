@@ -104,7 +104,8 @@ class Notices:
         try:
             frames = FrameFile(store.frames_path(item_id))
             if item.get("kind") == "clock":
-                frames = ClockFace(frames, item["layout"])
+                file, frames = frames, ClockFace(frames, item["layout"])
+                file.close()
         except (OSError, FrameFileError, KeyError, ValueError) as exc:
             raise MediaError(409, "conflict", f"item: its frames cannot be read ({exc})") \
                 from None
