@@ -245,7 +245,9 @@ def test_a_library_item_as_notification_and_bad_requests(app, client):
                               ({"item": other, "text": "x"}, 400, "item"),
                               ({"text": "x", "priority": "urgent"}, 400, "priority"),
                               ({"text": "x", "sound": "on"}, 400, "sound"),
-                              ({"text": "x", "repeat": 0}, 400, "repeat")]:
+                              ({"text": "x", "repeat": 0}, 400, "repeat"),
+                              ({"priority": "high"}, 400, "text"),
+                              ({"text": "x", "color": "red"}, 400, "color")]:
         bad = client.post("/api/notify", json_body=body)
         assert bad.status == code and bad.json["message"].startswith(f"{field}:"), bad
     assert listed(client) == []

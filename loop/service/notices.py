@@ -51,6 +51,9 @@ class Notices:
         if receive is None and "item" in body and "text" in body:
             raise MediaError(400, "bad_request", "item: give text or item, not both")
         if receive is None and "item" not in body:
+            if "text" not in body:
+                raise MediaError(400, "bad_request", "text: is required (or item, or send an "
+                                 "image as the body)")
             spec = generated.parse_item({k: body[k] for k in TEXT_KEYS if k in body})
         now = self.monotonic()
         self.queue.check_room(fields.id, now)  # 429 before any work
