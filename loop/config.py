@@ -123,6 +123,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "drop_privileges": Key(True, bool, "drop root to system.user once the panel is open"),
         "fit": Key("contain", str, "fit at first start: contain (letterbox), cover (crop) or "
                    "stretch; the runtime setting overrides it", choices=FITS),
+        "realtime_priority": Key(10, int, "SCHED_FIFO priority of the display thread, so "
+                                 "frames leave on time while the API is busy (0 = off; needs "
+                                 "root or the unit's LimitRTPRIO; the LED library's own "
+                                 "refresh thread runs at 99)", 0, 98),
         "breaker_max_failures": Key(5, int, "consecutive driver failures that open the "
                                     "circuit breaker", 1, 1000),
         "slow_call_ms": Key(500, int, "a driver call slower than this counts as a failure",

@@ -38,7 +38,7 @@ from loop.playback.notifications import NotificationQueue
 from loop.playback.player import Player
 from loop.service.notices import Notices
 from loop.service.signals import SignalPipe
-from loop.system import addresses
+from loop.system import addresses, realtime
 from loop.system.monitor import Monitor
 from loop.system.privileges import drop_privileges, service_user, set_service_groups
 from loop.system.sdnotify import Notifier
@@ -112,6 +112,7 @@ class App:
         self.panel_lock = guard.PanelLock(cfg.system.data_dir)
         self._was_root = os.geteuid() == 0
         self.privileges = {"user": None, "dropped": False, "reason": None}
+        self.realtime = {"priority": 0, "reason": "the display thread has not started"}
         self.player: Player | None = None
         self.monitor: Monitor | None = None
         self._serve_thread: threading.Thread | None = None
@@ -142,7 +143,8 @@ class App:
         boot = self.scheduler.evaluate("start-up")
         self.player = Player(self.store, self.driver, self.breaker, self.cfg,
                              hint_lines=self.url_lines(), brightness=boot.brightness,
-                             notifications=self.notifications, wall=self.wall, zone=self.zone)
+                             notifications=self.notifications, wall=self.wall, zone=self.zone,
+                             on_start=self._display_thread_priority)
         self.player.show_mode = boot.wanted.show
         self.player.night_clock = self.night_clock()
         self.monitor = Monitor(self, self.notifier)
@@ -296,6 +298,16 @@ class App:
         who = f"process {holder}" if holder else "another process"
         return (f"{who} holds the panel ({self.panel_lock.path}): a self-test, or a second "
                 "LOOP on the same data directory")
+
+    def _display_thread_priority(self) -> None:
+        """On the display thread, before its first frame: real-time scheduling when allowed
+        (loop/system/realtime.py); without it playback works, only its timing is looser."""
+        priority = self.cfg.display.realtime_priority
+        reason = realtime.make_realtime(priority)
+        self.realtime = {"priority": priority if reason is None else 0, "reason": reason}
+        if reason and priority:
+            log.info("display thread: no real-time priority (%s); frames may leave late "
+                     "while the API is busy", reason)
 
     def _service_user(self) -> str | None:
         return service_user(self.cfg)
@@ -451,25 +463,29 @@ class App:
                 "height": self.driver.height, "status": self.display_status(),
                 "reason": self.display_reason, "breaker": self.breaker.snapshot()}
 
-    def status_snapshot(self) -> tuple[dict, str]:
-        """The polling snapshot and its version (which ignores the frame counter)."""
+    def status_version(self) -> str:
+        """What the polling snapshot's ETag says: every part of it but the frame counter."""
+        return f"{self.player.status.version}.{self.store.view.version}." \
+               f"{self.jobs.version}.{self.breaker.state}.{self.display_status()}." \
+               f"{self.scheduler.version}.{self.store.settings_gen}." \
+               f"{self.notifications.version}"
+
+    def status_snapshot(self, frame: int | None = None) -> tuple[dict, str]:
+        """The polling snapshot and its version. Nothing in it changes without the version
+        changing except `player.frame` (the current frame, or `frame` when given), so the API
+        can keep its encoded form per version."""
+        version = self.status_version()
         player = self.player.status
         view = self.store.view
-        breaker = self.breaker.state
-        display_status = self.display_status()
-        jobs_active = self.jobs.active
-        queue = self.notifications
-        version = f"{player.version}.{view.version}.{self.jobs.version}.{breaker}." \
-                  f"{display_status}.{self.scheduler.version}.{self.store.settings_gen}." \
-                  f"{queue.version}"
-        data = {"player": player.as_dict(self.player.frame_index),
-                "display": {"driver": self.driver.name, "status": display_status,
-                            "breaker": breaker, "fit": self.store.settings.get("fit")},
+        data = {"player": player.as_dict(self.player.frame_index if frame is None else frame),
+                "display": {"driver": self.driver.name, "status": self.display_status(),
+                            "breaker": self.breaker.state, "fit": self.store.settings.get("fit")},
                 "library": {"items": len(view.items), "bytes": view.bytes},
                 "schedule": self.scheduler.status(),
                 "notifications": {"showing": player.notification,
-                                  "queue": queue.listing(time.monotonic())},
-                "jobs_active": jobs_active, "version": version}
+                                  "queue": self.notifications.listing(time.monotonic(),
+                                                                      ages=False)},
+                "jobs_active": self.jobs.active, "version": version}
         return data, version
 
     def health(self) -> dict:
@@ -481,7 +497,8 @@ class App:
                                               f"{breaker['last_error']}"
                                               if breaker["state"] != "closed" else None),
             "driver": self.driver.name, "breaker": breaker,
-            "frames_shown": self.player.frames_shown, "late_frames": self.player.late_frames}
+            "frames_shown": self.player.frames_shown, "late_frames": self.player.late_frames,
+            "realtime": self.realtime}
         checks["privileges"] = dict(self.privileges, status="ok", reason=None
                                     if self.privileges["dropped"] or os.geteuid() != 0
                                     else "running as root")
