@@ -48,6 +48,15 @@ def test_result_line_is_one_json_object_with_group_and_bench():
         common.json_line({"bench": "no group"})
 
 
+def test_only_a_full_run_replaces_the_committed_results():
+    from bench import run
+    every = list(common.GROUPS)
+    assert run.saves_results(every, quick=False, environ={})
+    assert not run.saves_results(every, quick=True, environ={})  # BENCH_QUICK=1 make bench
+    assert not run.saves_results(["pacing"], quick=False, environ={})
+    assert run.saves_results(["pacing"], quick=True, environ={"BENCH_SAVE": "1"})
+
+
 def test_every_group_is_known():
     assert common.GROUPS == ("memory", "polling", "pacing", "ingest", "startup", "durability")
 

@@ -316,3 +316,38 @@ def test_selftest_flags_need_selftest(tmp_path):
                           capture_output=True, text=True, timeout=30)
     for flag in ("--selftest", "--json", "--stop-service", "--pattern-sec"):
         assert flag in proc.stdout
+
+
+def test_off_a_pi_a_missing_binding_is_expected_and_the_report_says_what_needs_the_pi(
+        tmp_path):
+    cfg = make_config(tmp_path, **{"display.driver": "rgbmatrix"})
+    out = io.StringIO()
+    no_binding = sys.modules.get("rgbmatrix", False)
+    sys.modules["rgbmatrix"] = None  # `import rgbmatrix` fails, as on a machine without it
+    try:
+        status = selftest.main(cfg, args(json=False), root=str(tmp_path), isolate=False,
+                               out=out, err=io.StringIO())
+    finally:
+        if no_binding is False:
+            del sys.modules["rgbmatrix"]
+        else:
+            sys.modules["rgbmatrix"] = no_binding
+    text = out.getvalue()
+    assert status == 0, text
+    assert "SKIP  binding" in text and "make install` builds it on the Pi" in text
+    assert "Not a Raspberry Pi" in text and "sudo make selftest" in text
+    assert "PASS  init" not in text  # the panel part is left out, not faked
+    assert "RESULT: OK" in text
+
+
+def test_make_selftest_off_a_pi_uses_the_project_tree(tmp_path):
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    if not os.path.exists(os.path.join(venv, ".installed-run")):
+        pytest.skip("not running from a venv the Makefile made (make test does)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOP_")}
+    env.update(PREFIX=str(tmp_path / "not-installed"), VENV=venv)
+    done = subprocess.run(["make", "-s", "selftest", f"VENV={venv}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "self-test" in done.stdout and "Not a Raspberry Pi" in done.stdout
+    assert "ModuleNotFoundError" not in done.stderr and "/etc/loop" not in done.stderr

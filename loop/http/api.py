@@ -291,7 +291,12 @@ class Api:
         view = self.app.store.view
         in_loop = {i: n for n, i in enumerate(view.loop)}
         items = sorted(view.items, key=lambda m: (in_loop.get(m["id"], len(in_loop)),))
-        return envelope(200, {"items": [self.public_item(m) for m in items]})
+        media = self.app.cfg.media
+        # what an item's null loop_count / duration_sec stands for
+        defaults = {"loop_count": media.loop_count, "item_duration_sec": media.item_duration_sec,
+                    "static_image_duration_sec": media.static_image_duration_sec}
+        return envelope(200, {"items": [self.public_item(m) for m in items],
+                              "defaults": defaults})
 
     def get_media(self, request, id):
         return envelope(200, self.public_item(self._item(id)))
@@ -568,7 +573,8 @@ def _check_number(name, value, kind, lo, hi) -> None:
     if value is None and name in ("loop_count", "duration_sec"):
         return  # null = back to the default
     if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
-        raise HttpError(422, "validation_failed", f"{name} must be a number {lo}..{hi}")
+        what = "a whole number" if kind is int else "a number"
+        raise HttpError(422, "validation_failed", f"{name} must be {what} {lo}..{hi}")
 
 
 def upload_id(request: Request) -> str | None:

@@ -429,6 +429,9 @@ class LoopHandler(BaseHTTPRequestHandler):
         self.server.counters.add("continues")
 
     # ---- one request -------------------------------------------------------------------
+    def version_string(self) -> str:
+        return self.server_version  # the stdlib appends " " + sys_version, here empty
+
     def __getattr__(self, name: str):
         # every method goes through one dispatcher; unknown ones get 405/404 from the API
         if name.startswith("do_"):
@@ -642,10 +645,11 @@ class LoopHandler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.client_address[0], format % args)
 
     def _log_access(self, status: int, size: int) -> None:
-        """One INFO line per request that got past the rate limiter, except polling, which is
-        only counted. Refusals before the limiter (protocol errors, allowlist, Host,
-        admission) and 429s are counted in `by_status` and logged at DEBUG: a flood must
-        not turn into a line per request on the SD card."""
+        """One INFO line per request that got past the rate limiter, except what an open
+        dashboard does all day: polling (only counted) and successful reads of the page,
+        thumbnails and the live preview (DEBUG). Refusals before the limiter (protocol
+        errors, allowlist, Host, admission) and 429s are counted in `by_status` and logged at
+        DEBUG: a flood must not turn into a line per request on the SD card."""
         counters = self.server.counters
         if status == 429:
             counters.add("rate_limited")
@@ -654,7 +658,8 @@ class LoopHandler(BaseHTTPRequestHandler):
             counters.add("polls")
             return
         level = logging.INFO
-        if not rate_class or status == 429 or not self.server.web.access_log:
+        if not rate_class or status == 429 or not self.server.web.access_log or \
+                (rate_class == "static" and status < 400):
             level = logging.DEBUG
         access_log.log(level, "client=%s method=%s path=%s status=%d bytes=%d ms=%.1f",
                        self.client_address[0], json.dumps(self.command or "-"),

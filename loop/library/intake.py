@@ -137,7 +137,11 @@ class Intake:
 
     # ---- processing --------------------------------------------------------------------
     def process_all(self, files: list[Received]) -> tuple[int, list[dict]]:
-        """Decode and commit each received file in turn; (HTTP status, results)."""
+        """Decode and commit each received file in turn; (HTTP status, results).
+
+        The request succeeds when any file is in the library afterwards: 201 when one is
+        new, else 200 when one was there already; only when none is, the first failure's
+        status. Each file's own status is in its result, whatever the mix."""
         results = []
         try:
             for received in files:
@@ -146,10 +150,9 @@ class Intake:
             for received in files:
                 shutil.rmtree(os.path.dirname(received.path), ignore_errors=True)
         statuses = [r["status"] for r in results]
-        if 201 in statuses:
-            return 201, results
-        if all(s == 200 for s in statuses):
-            return 200, results
+        for success in (201, 200):
+            if success in statuses:
+                return success, results
         return next(s for s in statuses if s >= 400), results
 
     def process(self, received: Received) -> dict:

@@ -27,7 +27,7 @@ COMMAND_WAIT_SEC = 2.0
 
 @dataclass(frozen=True)
 class PlayerStatus:
-    state: str  # playing | paused | idle
+    state: str  # starting (boot screen) | playing | paused | idle
     item: str | None
     name: str | None
     frames: int
@@ -210,6 +210,7 @@ class Player(threading.Thread):
     def _cmd_screen(self, lines, seconds):
         self._screen_until = self.clock() + seconds
         self._show_screen(lines)
+        self._changed()
 
     def _set_paused(self, paused: bool):
         if paused == self.paused:
@@ -230,6 +231,9 @@ class Player(threading.Thread):
         now = self.clock()
         if now < self._screen_until:
             return self._screen_until - now
+        if self._screen_until:  # the boot screen just ended: no longer "starting"
+            self._screen_until = 0.0
+            self._changed()
         view = self.store.view
         if view.version != self._library_version:
             self._library_version = view.version
@@ -405,6 +409,8 @@ class Player(threading.Thread):
         loop = self.store.view.loop
         item_id = item["id"] if item else None
         state = "idle" if item is None else ("paused" if self.paused else "playing")
+        if item is None and self._screen_until:
+            state = "starting"
         return PlayerStatus(
             state=state, item=item_id, name=item.get("name") if item else None,
             frames=playing.frames.count if playing else 0,

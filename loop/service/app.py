@@ -11,7 +11,6 @@ import faulthandler
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from loop.media.errors import MediaError
 from loop.media.geometry import Target
 from loop.playback.breaker import Breaker
 from loop.playback.player import Player
+from loop.system import addresses
 from loop.system.monitor import Monitor
 from loop.system.privileges import drop_privileges, service_user, set_service_groups
 from loop.system.sdnotify import Notifier
@@ -133,6 +133,9 @@ class App:
         self.monitor.start()
         host, port = self.server.server_address[:2]
         print(f"LOOP listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        if host in addresses.ALL_INTERFACES:
+            for where in self.url_lines():
+                print(f"  open http://{where}/ on the LAN", file=sys.stderr, flush=True)
         self.notifier.ready(f"serving on port {port}")
         self.start_mqtt()
         self.maintenance.schedule()  # after READY=1: re-rendering never delays start-up
@@ -285,9 +288,11 @@ class App:
                             fit, getattr(self.driver, "rotation", 0))
 
     def url_lines(self) -> list[str]:
-        port = self.server.port if self.server else self.cfg.web.port
-        suffix = "" if port == 80 else f":{port}"
-        return [f"{primary_ip()}{suffix}"]
+        """Where people reach the dashboard (boot and "no media" screens)."""
+        if self.server is None:
+            return addresses.reachable(self.cfg.web.host, self.cfg.web.port)
+        host, port = self.server.server_address[:2]
+        return addresses.reachable(host, port)
 
     def reset_display(self) -> bool:
         """Operator reset: forget crash markers and breaker history; restart under systemd.
@@ -401,7 +406,7 @@ class App:
                   f"{display_status}.{self.scheduler.version}.{self.store.settings_gen}"
         data = {"player": player.as_dict(self.player.frame_index),
                 "display": {"driver": self.driver.name, "status": display_status,
-                            "breaker": breaker},
+                            "breaker": breaker, "fit": self.store.settings.get("fit")},
                 "library": {"items": len(view.items), "bytes": view.bytes},
                 "schedule": self.scheduler.status(),
                 "jobs_active": jobs_active, "version": version}
@@ -441,19 +446,6 @@ class App:
 
 def _flat(cfg: config.Config) -> dict:
     return {f"{s}.{k}": v for s, keys in cfg.as_dict().items() for k, v in keys.items()}
-
-
-def primary_ip() -> str:
-    """The first non-loopback IPv4 address (no packet is sent by a UDP connect)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing lookup only
-            address = probe.getsockname()[0]
-            if not address.startswith("127."):
-                return address
-    except OSError:
-        pass
-    return socket.gethostname()
 
 
 def main(argv=None) -> int:
