@@ -15,7 +15,6 @@ import threading
 import time
 
 from bench import inputs
-from bench.mosquitto import Mosquitto
 from bench.common import (
     PeakSampler,
     Service,
@@ -33,6 +32,7 @@ from bench.common import (
     vm_hwm_mb,
     wait_until,
 )
+from bench.mosquitto import Mosquitto
 
 IDLE_GOAL_MB = 25
 PEAK_GOAL_MB = 60

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -363,7 +362,7 @@ def test_the_item_options_follow_the_loop(mqtt_app, broker, listeners):
 
 
 def test_home_assistant_coming_online_gets_discovery_again(mqtt_app, broker, listeners):
-    app = mqtt_app()
+    mqtt_app()
     listener = listeners(broker.port)
     topic = f"homeassistant/light/{NODE}/light/config"
     listener.wait_last(topic, lambda v: True)
@@ -585,6 +584,20 @@ def test_wrong_password_and_a_password_file(broker, make_app, tmp_path):
     again = make_app(**mqtt_settings(broker, **{"mqtt.password": "",
                                                 "mqtt.password_file": str(secret)}))
     wait_for(lambda: again.mqtt.connected, 10)
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("password_file", "/nonexistent/mqtt.password", "cannot read mqtt.password_file"),
+    ("ca_file", "/nonexistent/ca.crt", "cannot use mqtt.ca_file"),
+])
+def test_an_unusable_secret_file_leaves_loop_running(broker, make_app, key, value, reason):
+    extra = {f"mqtt.{key}": value, "mqtt.password": ""}
+    if key == "ca_file":
+        extra["mqtt.tls"] = True
+    app = make_app(**mqtt_settings(broker, **extra))
+    check = app.health()["checks"]["mqtt"]
+    assert check["status"] == "degraded" and check["reason"].startswith(reason)
+    assert upload(app)  # LOOP itself works on
 
 
 def loop_process(tmp_path, services, broker, name="svc", **mqtt):

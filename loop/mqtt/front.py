@@ -129,6 +129,8 @@ class MqttFront:
         self._worker: threading.Thread | None = None
         self._configs: tuple[tuple, dict] | None = None  # (options, discovery messages)
         self._sample = None  # the monitor sample the slow states were made from
+        self._seen: tuple | None = None  # the snapshots the last offers were made from
+        self._labels_of: tuple | None = None  # (library version, current item) of the labels
         self._slow: dict[str, tuple[str, float | None]] = {}
         self._started_wall = wall() - (clock() - app.started)
         self._answers: list[float] = []  # times of recent error answers (rate limit)
@@ -142,11 +144,11 @@ class MqttFront:
         try:
             paho = load_paho()
             password = self._password()
+            self.client = self._make_client(paho, password)
         except MqttError as exc:
             self.problem = exc.message
             log.error("mqtt: %s", exc.message)
             return
-        self.client = self._make_client(paho, password)
         properties = None
         if self.cfg.protocol == "5":
             from paho.mqtt.packettypes import PacketTypes
@@ -180,7 +182,12 @@ class MqttFront:
         if cfg.username:
             client.username_pw_set(cfg.username, password)
         if cfg.tls:
-            client.tls_set(ca_certs=cfg.ca_file or None)
+            try:
+                client.tls_set(ca_certs=cfg.ca_file or None)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise MqttError("unavailable", f"cannot use mqtt.ca_file "
+                                f"{cfg.ca_file or '(the system CAs)'}: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
         client.connect_timeout = min(5.0, float(cfg.keepalive_sec))
         client.will_set(self.topics.availability, "offline", qos=1, retain=True)
         client.reconnect_delay_set(cfg.reconnect_min_sec, cfg.reconnect_max_sec)
@@ -226,6 +233,8 @@ class MqttFront:
             status, reason = "degraded", self.problem
         elif self.connected:
             status, reason = "ok", None
+        elif self.last_error == "connecting":  # the first attempt is under way
+            status, reason = "degraded", f"connecting since {local_iso(self.since)}"
         else:
             status = "degraded"
             reason = (f"disconnected since {local_iso(self.since)} "
@@ -334,6 +343,7 @@ class MqttFront:
                     if self._republish.is_set():
                         self._republish.clear()
                         self.outbox.forget()
+                        self._seen = None
                         self._publish(self.topics.availability, "online", retain=True, qos=1)
                     self._collect()
                     for topic, payload in self.outbox.due():
@@ -390,10 +400,18 @@ class MqttFront:
 
     # ---- state -------------------------------------------------------------------------
     def _collect(self) -> None:
-        """Offer every retained message's current payload to the outbox."""
+        """Offer every retained message's current payload to the outbox, when one of the
+        snapshots it is made from was replaced (most polls find none)."""
         app, topics, want = self.app, self.topics, self.outbox.want
         status = app.player.status
         view = app.store.view
+        monitor = app.monitor
+        seen = (status, view, app.breaker.state, app.display_reason,
+                monitor.latest if monitor is not None else None, self._uptime())
+        if self._seen is not None and all(a is b or a == b for a, b in zip(seen, self._seen,
+                                                                            strict=True)):
+            return
+        self._seen = seen
         labels = self._labels(view, status.item)
         self._collect_slow()
         if self.cfg.discovery:
@@ -409,23 +427,22 @@ class MqttFront:
         want(topics.state("playback"), status.state)
         working = app.breaker.state == "closed" and not app.display_reason
         want(topics.state("panel"), "ON" if working else "OFF")
-        want(topics.state("uptime"), self._uptime())
+        want(topics.state("uptime"), seen[-1])
         for entity, (payload, hold) in self._slow.items():
             want(topics.state(entity), payload, hold)
 
     def _labels(self, view, current: str | None) -> dict[str, str]:
         """The item select's options: the loop's items, plus the one showing if it is not in
         the loop (a select's state must be one of its options)."""
+        if self._labels_of == (view.version, current):
+            return self.commands.labels
+        metas = {meta["id"]: meta for meta in view.items}
         ids = list(view.loop)
-        if current and current not in ids and view.get(current) is not None:
+        if current and current not in ids:
             ids.append(current)
-        pairs = []
-        for item_id in ids:
-            meta = view.get(item_id)
-            if meta is not None:
-                pairs.append((item_id, meta.get("name") or item_id))
-        labels = option_labels(pairs)
+        labels = option_labels([(i, metas[i].get("name") or i) for i in ids if i in metas])
         self.commands.labels = labels
+        self._labels_of = (view.version, current)
         return labels
 
     def _offer_discovery(self, options: tuple, temperature: bool) -> None:
