@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import multipart
 from PIL import Image
 
-from loop import __version__, schedule
+from loop import __version__, schedule, untrusted_json
 from loop.config import FITS, MODES
 from loop.http import metrics
 from loop.http.access import BACKUP_PATH, Access
@@ -32,6 +32,7 @@ from loop.http.ratelimit import retry_after
 from loop.http.server import Request
 from loop.library import backup
 from loop.library.intake import UPLOAD_ID
+from loop.library.names import clean_name
 from loop.library.store import MAX_NAME, valid_id
 from loop.media import screens
 from loop.media.errors import MediaError
@@ -146,14 +147,22 @@ class Api:
             access = self.access()
             access.check_network(request)                  # 403
             access.check_host(request)                     # 400 / 421
-            with front.admission():                        # 503 + Retry-After
-                route, params, allowed = self._match(request)
-                request.rate_class = (route or (allowed[0] if allowed else None) or
-                                      UNKNOWN_ROUTE).rate
+            route, params, allowed = self._match(request)
+            request.rate_class = (route or (allowed[0] if allowed else None) or
+                                  UNKNOWN_ROUTE).rate
+            with front.admission(request.client_key, request.rate_class):  # 503
                 self._rate_limit(front.limiter, request)   # 429 + Retry-After
                 access.check_token(request)                # 401 + WWW-Authenticate
                 access.check_origin(request)               # 403
                 request.body = front.frame_body(*self.body_limit(route))  # 400/411/413/501
+                if route is not None and route.rate != "upload" and request.body:
+                    # a small (JSON) body is read with the slot let go, within a deadline
+                    # of its own: a client dribbling it holds a connection, never a slot
+                    if request.body.length > JSON_BODY_LIMIT:
+                        raise HttpError(413, "payload_too_large",
+                                        "JSON bodies are limited to 64 KiB", close=True)
+                    front.read_outside_slot(request.body,
+                                            self.app.cfg.web.header_timeout_sec)
                 if route is None:                          # 404 / 405 + Allow
                     raise _no_route(request, allowed)
                 response = getattr(self, route.handler)(request, **params)
@@ -210,9 +219,10 @@ class Api:
         if body.length > JSON_BODY_LIMIT:
             raise HttpError(413, "payload_too_large", "JSON bodies are limited to 64 KiB")
         try:
-            value = json.loads(body.read_all().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise HttpError(400, "bad_json", "the body is not valid JSON") from None
+            value = untrusted_json.loads(body.read_all())
+        except ValueError:  # not JSON, not UTF-8, or nested too deep
+            raise HttpError(400, "bad_json", "the body is not valid JSON (nested at most "
+                            f"{untrusted_json.MAX_DEPTH} levels)") from None
         if not isinstance(value, dict):
             raise HttpError(400, "bad_json", "the body must be a JSON object")
         return value
@@ -276,7 +286,8 @@ class Api:
         return envelope(200, data, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
     def progress(self, request):
-        return envelope(200, {"jobs": self.app.jobs.list()})
+        jobs = self.app.jobs
+        return envelope(200, {"jobs": jobs.list(), "total": len(jobs)})
 
     def health(self, request):
         return envelope(200, self.app.health())
@@ -306,11 +317,12 @@ class Api:
         body = self._json_body(request)
         changes = {}
         for key, value in body.items():
-            if key == "name":
-                if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
-                    raise HttpError(422, "validation_failed",
-                                   f"name must be 1..{MAX_NAME} characters")
-                changes["name"] = value.strip()
+            if key == "name":  # the one rule for names, as for uploads and restores
+                name = clean_name(value) if isinstance(value, str) else ""
+                if not name or len(value) > MAX_NAME:
+                    raise HttpError(422, "validation_failed", f"name must be 1..{MAX_NAME} "
+                                    "characters, some of them visible")
+                changes["name"] = name
             elif key == "loop_count":
                 _check_number(key, value, int, 1, 10000)
                 changes[key] = value
@@ -352,7 +364,7 @@ class Api:
         except OSError:
             raise HttpError(404, "not_found", "no such file") from None
         length = os.fstat(fh.fileno()).st_size
-        return Response(200, b"", ctype, dict(headers), stream=_chunks(fh), length=length)
+        return Response(200, b"", ctype, dict(headers), stream=_FileChunks(fh), length=length)
 
     def get_loop(self, request):
         return envelope(200, {"items": list(self.app.store.view.loop)})
@@ -380,9 +392,12 @@ class Api:
         self._check_memory()
         client_upload_id = upload_id(request)
         intake = self.app.intake
-        if not intake.job_slots.acquire(blocking=False):
-            raise HttpError(503, "busy", "all processing slots are busy; try again shortly",
-                           {"Retry-After": "2"})
+        why = intake.job_slots.try_acquire_for(request.client_key)
+        if why:
+            raise HttpError(503, "busy", "all processing slots are busy; try again shortly"
+                            if why == "full" else "this client's uploads already take their "
+                            "share of the processing slots; try again shortly",
+                            {"Retry-After": "2"})
         try:
             intake.check_disk(body.length)
             ctype = request.headers.get("Content-Type", "")
@@ -397,7 +412,7 @@ class Api:
                                            client_upload_id)
             status, results = intake.process_all(files)
         finally:
-            intake.job_slots.release()
+            intake.job_slots.release_for(request.client_key)
         for result in results:
             if result["item"] is not None:
                 result["item"] = self.public_item(result["item"])
@@ -563,10 +578,20 @@ def _not_modified(header: str, etag: str) -> bool:
     return "*" in tags or etag.removeprefix("W/") in tags
 
 
-def _chunks(fh, size: int = 256 * 1024):
-    with fh:
-        while chunk := fh.read(size):
-            yield chunk
+class _FileChunks:
+    """A stored file as a streamed body. It owns the open file: iterating it to the end, or
+    `close()` (the server calls it when the body is not sent: HEAD, a client gone), closes it."""
+
+    def __init__(self, fh, size: int = 256 * 1024):
+        self._fh, self._size = fh, size
+
+    def __iter__(self):
+        with self._fh:
+            while chunk := self._fh.read(self._size):
+                yield chunk
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def _check_number(name, value, kind, lo, hi) -> None:

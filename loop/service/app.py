@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 
+import psutil
+
 from loop import __version__, config, schedule
 from loop.display import guard
 from loop.display.factory import open_driver
@@ -25,6 +27,7 @@ from loop.library.intake import Intake
 from loop.library.jobs import Jobs
 from loop.library.maintenance import Maintenance
 from loop.library.store import Store, lock_data_dir
+from loop.media import budget
 from loop.media.errors import MediaError
 from loop.media.geometry import Target
 from loop.playback.breaker import Breaker
@@ -79,7 +82,10 @@ class App:
         self.jobs = Jobs(cfg.processing.job_cleanup_hours * 3600)
         self._restoring = threading.Lock()  # one restore at a time
         self._data_lock: int | None = None  # fd holding DATA/loop.lock while running
-        self.job_slots = threading.BoundedSemaphore(cfg.processing.max_concurrent_jobs)
+        # job slots and the decode memory pool in one (loop/media/budget.py); the pool's size
+        # is known once the service has started and its own memory can be measured
+        self.job_slots = budget.DecodeSlots(cfg.processing.max_concurrent_jobs, 1 << 62)
+        self._baseline_rss = 0
         self.intake = Intake(self.store, self.jobs, cfg, self.target, self.job_slots)
         self.maintenance = Maintenance(self.store, self.jobs, self.job_slots, self.target,
                                        lambda: self.cfg, self._library_changed)
@@ -125,6 +131,9 @@ class App:
         self.player = Player(self.store, self.driver, self.breaker, self.cfg,
                              hint_lines=self.url_lines(), brightness=boot.brightness)
         self.monitor = Monitor(self, self.notifier)
+        self._baseline_rss = psutil.Process().memory_info().rss
+        self.job_slots.set_capacity(*budget.capacity_for(self.cfg.system.memory_limit_mb,
+                                                         self._baseline_rss))
         if self.cfg.display.boot_screen_sec > 0:  # queued first: the first thing shown
             self.player.screen(["LOOP"] + self.url_lines(), self.cfg.display.boot_screen_sec)
         self.player.start()
@@ -247,6 +256,9 @@ class App:
         if self.player is not None:
             self.player.cfg = self.cfg
         self.jobs.keep_sec = self.cfg.processing.job_cleanup_hours * 3600
+        if self._baseline_rss:
+            self.job_slots.set_capacity(*budget.capacity_for(self.cfg.system.memory_limit_mb,
+                                                             self._baseline_rss))
         self._zone_cache = None  # the zone name, or the system's zone, may have changed
         self.scheduler.default_rules = self.cfg.schedule.rules
         self.scheduler.load()
