@@ -435,15 +435,21 @@ class Scheduler:
         return abs((wall - last_wall) - (mono - last_mono)) > JUMP_SEC
 
     def tick(self) -> Decision | None:
-        """Called on every monitor round: evaluates when due."""
+        """Called on every monitor round: evaluates when due. Never waits for the lock (a
+        rule change holds it across its index write): when it is busy nothing happens, and
+        the schedule is still due at the next round."""
         if not self.due():
             return None
-        return self.evaluate()
+        return self.evaluate(blocking=False)
 
-    def evaluate(self, reason: str = "", apply: bool = True) -> Decision:
+    def evaluate(self, reason: str = "", apply: bool = True,
+                 blocking: bool = True) -> Decision | None:
         """Decide now; tell the player when the panel is elsewhere (outside the lock, so the
-        monitor thread never waits on the display thread)."""
-        with self._lock:
+        monitor thread never waits on the display thread). With `blocking=False`, None when
+        another thread holds the lock."""
+        if not self._lock.acquire(blocking=blocking):
+            return None
+        try:
             wall, mono = self.clock(), self.monotonic()
             if self._anchor is not None:
                 moved = (wall - self._anchor[0]) - (mono - self._anchor[1])
@@ -467,6 +473,8 @@ class Scheduler:
                 if previous is not None or reason:
                     log.info("schedule%s: brightness %d (%s)", f" ({reason})" if reason else "",
                              decision.brightness, self._describe(decision))
+        finally:
+            self._lock.release()
         if apply and self.current() != decision.brightness:
             self.apply(decision.brightness)
         return decision

@@ -178,8 +178,10 @@ def client(app):
     return Client(app.server.port)
 
 
-def wait_for(predicate, timeout=5.0, interval=0.02):
-    """Poll `predicate` until it returns a truthy value; fail after `timeout`."""
+def wait_for(predicate, timeout=15.0, interval=0.02):
+    """Poll `predicate` until it returns a truthy value; fail after `timeout`. The default
+    is a liveness bound for a busy, shared machine: a success returns at once, only a
+    failure waits that long."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -80,6 +80,11 @@ def _invalid(message: str) -> RestoreError:
     return RestoreError(422, "validation_failed", f"the backup was refused: {message}")
 
 
+def _not_a_backup() -> RestoreError:
+    return RestoreError(400, "bad_request", "this is not a LOOP backup: a backup is the tar "
+                        "file that GET /api/backup or `loop.py backup` makes")
+
+
 # ---- writing -------------------------------------------------------------------------------
 @dataclass
 class _Member:
@@ -330,12 +335,19 @@ def extract(read, staging: str, *, limit: int, max_item_bytes: int, length: int 
     index = None
     originals: dict[str, dict] = {}  # id -> {"ext", "size", "sha256"}
     metas: dict[str, dict] = {}
+    first = True
     while True:
-        block = source.block("a header")
-        if block == _ZERO_BLOCK:
+        try:
+            block = source.block("a header")
+            header = None if block == _ZERO_BLOCK else _parse_header(block)
+        except RestoreError as exc:
+            if first and exc.status == 400:  # a photo, a text file: say what a backup is
+                raise _not_a_backup() from None
+            raise
+        first = False
+        if header is None:
             source.block("the end-of-archive marker")  # the second zero block
             break
-        header = _parse_header(block)
         name = header.name
         if name in seen:
             raise _invalid(f"{name[:80]!r} appears twice")

@@ -99,7 +99,13 @@ class Player(threading.Thread):
         self.frames_shown = 0
         self.late_frames = 0
         self.quarantined: frozenset = frozenset()
+        self._quarantined_render: dict = {}  # id -> its meta["render"] when quarantined
         self.preview = None  # (frames, index) of what the panel shows now
+        # what the panel missed because a driver call was refused (breaker open) or failed;
+        # _catch_up() puts exactly that back, and nothing else: a call that works must not
+        # hide one that keeps failing (a success resets the breaker's failure count)
+        self._brightness_behind = False
+        self._frame_behind = False
         self._now: _Playing | None = None
         self._library_version = -1
         self._screen_until = 0.0
@@ -126,7 +132,7 @@ class Player(threading.Thread):
 
     # ---- the thread --------------------------------------------------------------------
     def run(self) -> None:
-        self._apply_brightness()
+        self._apply_state()
         timeout = 0.0
         while not self._stopping:
             self._wait(timeout)
@@ -199,12 +205,12 @@ class Player(threading.Thread):
         self.brightness = value
         if remember:
             self.store.update_settings(brightness=value)
-        self._apply_brightness()
+        self._apply_state()
         self._changed()
 
     def _cmd_reset_breaker(self):
         self.breaker.reset()
-        self._apply_brightness()
+        self._apply_state()
         self._changed()
 
     def _cmd_screen(self, lines, seconds):
@@ -229,6 +235,9 @@ class Player(threading.Thread):
     def _step(self) -> float | None:
         """Do what is due now; return seconds until the next thing is due (None = idle)."""
         now = self.clock()
+        if (self._brightness_behind or self._frame_behind) and \
+                (self.breaker is None or self.breaker.would_allow()):
+            self._catch_up()  # also when nothing else is due: idle, a still, brightness 0
         if now < self._screen_until:
             return self._screen_until - now
         if self._screen_until:  # the boot screen just ended: no longer "starting"
@@ -256,6 +265,9 @@ class Player(threading.Thread):
             return 0.0
         if playing.deadline and now - playing.deadline > frames.durations[playing.index] / 1000:
             self._skip_ahead(playing, now)
+            if playing.ended:  # its loops ran out while the thread was late
+                self._advance(+1, auto=True)
+                return 0.0
         if playing.deadline == 0.0:
             playing.deadline = playing.started = now
         self._show(frames, playing.index)
@@ -268,13 +280,23 @@ class Player(threading.Thread):
         return max(0.0, playing.deadline - self.clock())
 
     def _skip_ahead(self, playing: _Playing, now: float) -> None:
+        """Drop the frames whose time has passed; a wrap past the last frame is a loop like
+        any other, so the item still hands over after exactly its loops."""
         frames = playing.frames
         while playing.deadline + frames.durations[playing.index] / 1000 < now:
             playing.deadline += frames.durations[playing.index] / 1000
-            playing.index = (playing.index + 1) % frames.count
+            playing.index += 1
             self.late_frames += 1
+            if playing.index >= frames.count:
+                playing.index = 0
+                playing.loops += 1
+                if self._animation_over(playing, playing.deadline):
+                    playing.ended = True  # the next item was due at `deadline`
+                    return
 
     def _show_still(self, playing: _Playing, now: float) -> float | None:
+        if playing.loops and self._nothing_to_advance_to():
+            return None  # a lone still stays as it is: no redraw at every idle wake
         if playing.loops:  # its time is up
             self._advance(+1, auto=True)
             return 0.0
@@ -340,6 +362,7 @@ class Player(threading.Thread):
         except (OSError, FrameFileError) as exc:
             log.error("item %s cannot play and is quarantined: %s", item["id"], exc)
             self.quarantined = self.quarantined | {item["id"]}
+            self._quarantined_render[item["id"]] = item.get("render")
             self._now = None
             self._changed()
             if self._playable():
@@ -352,6 +375,7 @@ class Player(threading.Thread):
         self._changed()
 
     def _library_changed(self, view) -> None:
+        self._release_rerendered(view)
         current = self._now.item["id"] if self._now and self._now.item else None
         switched_off = current in self._last_loop and current not in view.loop
         self._last_loop = view.loop
@@ -365,6 +389,19 @@ class Player(threading.Thread):
             self._now.item = view.get(current)  # renamed or new per-item timings
         self._changed()  # the loop's order or length may have moved too
 
+    def _release_rerendered(self, view) -> None:
+        """A quarantined item plays again once it has new frames: a re-render records a new
+        `render` in its meta. A deleted one just leaves the quarantine."""
+        released = {i for i in self.quarantined if view.get(i) is None
+                    or view.get(i).get("render") != self._quarantined_render.get(i)}
+        if not released:
+            return
+        self.quarantined = self.quarantined - released
+        for item_id in released:
+            del self._quarantined_render[item_id]
+            if view.get(item_id) is not None:
+                log.info("item %s has new frames and leaves the quarantine", item_id)
+
     def _close_current(self) -> None:
         # Dropping the reference is enough: the mapping is freed once the preview (which the
         # API may be reading right now) lets go of it too. Closing it here would pull the
@@ -376,14 +413,38 @@ class Player(threading.Thread):
         self.preview = (frames, index)
         self.frame_index = index
         self.frames_shown += 1
-        if self.brightness > 0:
-            self._call_driver(self.driver.show, frames.frame(index))
+        if self._brightness_behind:
+            self._apply_state()  # the brightness first, then this frame
+        else:
+            self._draw_current()
 
     def _call_driver(self, fn, *args) -> bool:
         return self.breaker.call(fn, *args) if self.breaker else _plain_call(fn, *args)
 
-    def _apply_brightness(self) -> None:
-        self._call_driver(self.driver.set_brightness, self.brightness)
+    def _apply_state(self) -> None:
+        """Put the wanted state on the panel: the brightness, then the current frame (a
+        frame that came while the brightness was 0 never reached the driver)."""
+        if self._call_driver(self.driver.set_brightness, self.brightness):
+            self._brightness_behind = False
+            self._draw_current()
+        else:
+            self._brightness_behind = self._frame_behind = True
+
+    def _draw_current(self) -> None:
+        """Draw the current frame, unless the brightness is 0 (the panel is off)."""
+        self._frame_behind = False
+        if self.brightness > 0 and self.preview is not None:
+            frames, index = self.preview
+            self._frame_behind = not self._call_driver(self.driver.show, frames.frame(index))
+
+    def _catch_up(self) -> None:
+        """Put back what the panel missed. With the breaker open this is its half-open
+        trial, and it runs whatever the brightness: at 0 the trial is set_brightness(0)
+        (which clears the panel)."""
+        if self._brightness_behind:
+            self._apply_state()
+        elif self._frame_behind:
+            self._draw_current()
 
     def _show_screen(self, lines) -> None:
         image = screens.render(lines, self.driver.width, self.driver.height)

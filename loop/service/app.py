@@ -32,6 +32,7 @@ from loop.media.errors import MediaError
 from loop.media.geometry import Target
 from loop.playback.breaker import Breaker
 from loop.playback.player import Player
+from loop.service.signals import SignalPipe
 from loop.system import addresses
 from loop.system.monitor import Monitor
 from loop.system.privileges import drop_privileges, service_user, set_service_groups
@@ -65,9 +66,8 @@ class App:
         self.started = time.monotonic()
         self.exit_code = EXIT_OK
         self._stop = threading.Event()
-        self._reload = threading.Event()
         self._stopped = False
-        self._wake = threading.Event()  # set by every signal; the main thread then looks
+        self._signals: SignalPipe | None = None  # the main thread's wait, while run() runs
         self._module = module  # an injected rgbmatrix module (tests)
         self._driver = driver  # an injected, already opened driver (tests)
         self.server: server.LoopServer | None = None
@@ -193,7 +193,7 @@ class App:
             except Exception as exc:  # the panel may already be gone; shutting down anyway
                 log.warning("display close failed: %s", exc)
         self.panel_lock.release()
-        self.store.flush()
+        self.store.flush(force=True)  # whatever the back-off of a failing card says
         self.notifier.close()
         if self._data_lock is not None:
             os.close(self._data_lock)
@@ -205,26 +205,30 @@ class App:
         # demand: walking threads that still run can crash CPython (seen on 3.11 and 3.13), and
         # a diagnostic must not kill a healthy service.
         faulthandler.enable(all_threads=True)
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop(self.exit_code))
-        signal.signal(signal.SIGINT, lambda *_: self.request_stop(self.exit_code))
-        signal.signal(signal.SIGHUP, lambda *_: (self._reload.set(), self._wake.set()))
-        self.start()
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stop.is_set():  # a stop wins over a reload that came with it
-                break
-            if self._reload.is_set():
-                self._reload.clear()
-                self.reload()
-        log.info("stopping")
-        self.stop()
+        # The handlers do nothing; the signals arrive through a pipe (loop/service/signals.py)
+        self._signals = SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+        try:
+            self.start()
+            while True:
+                arrived = self._signals.wait()
+                if signal.SIGTERM in arrived or signal.SIGINT in arrived:
+                    self._stop.set()
+                if self._stop.is_set():  # a stop wins over a reload that came with it
+                    break
+                if signal.SIGHUP in arrived:  # several queued reloads are one
+                    self.reload()
+            log.info("stopping")
+            self.stop()
+        finally:
+            self._signals.restore()
         return self.exit_code
 
     def request_stop(self, exit_code: int = EXIT_OK) -> None:
+        """Stop with `exit_code` (any thread): run() wakes and shuts down."""
         self.exit_code = exit_code
         self._stop.set()
-        self._wake.set()
+        if self._signals is not None:
+            self._signals.poke()
 
     def reload(self) -> None:
         """SIGHUP: re-read config.json, apply what can change live, keep the rest.
@@ -441,6 +445,7 @@ class App:
                              "reason": self.store.write_error,
                              "recovery": self.store.recovery, "index_writes":
                              self.store.index_writes,
+                             "write_failures": self.store.write_failures,
                              "pending_render": len(self.store.view.pending)}
         checks["http"] = dict({"status": "ok", "reason": None}, **self.server.counters.as_dict())
         if self.mqtt is not None:
