@@ -47,7 +47,8 @@ RGBMATRIX_REPO=${RGBMATRIX_REPO:-https://github.com/hzeller/rpi-rgb-led-matrix.g
 # (scikit-build-core + CMake + Cython, `pip install .` at the top of the checkout).
 RGBMATRIX_COMMIT=${RGBMATRIX_COMMIT:-89072356305e272c2b1af32b8377a274df3d6d9f}
 
-APT_BASE="python3 python3-venv python3-pil python3-psutil ffmpeg"
+# xfonts-base: the misc-fixed bitmap fonts of text items, clocks and text notifications
+APT_BASE="python3 python3-venv python3-pil python3-psutil ffmpeg xfonts-base"
 APT_BUILD="python3-dev build-essential cython3 cmake git"
 
 # ---------------------------------------------------------------- small helpers

@@ -94,9 +94,10 @@ def make_app(tmp_path):
     """Start an in-process App with overrides (`web__port=…` style); stopped at teardown."""
     apps = []
 
-    def start(module=None, environ=None, driver=None, root="/", **overrides):
+    def start(module=None, environ=None, driver=None, root="/", wall=None, **overrides):
         cfg = make_config(tmp_path, **overrides)
-        app = App(cfg, environ=dict(environ or {}), module=module, driver=driver, root=root)
+        app = App(cfg, environ=dict(environ or {}), module=module, driver=driver, root=root,
+                  **({"wall": wall} if wall else {}))
         app.start()
         apps.append(app)
         return app

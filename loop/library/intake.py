@@ -95,6 +95,19 @@ class Intake:
             shutil.rmtree(directory, ignore_errors=True)
             raise
 
+    def receive_bytes(self, data: bytes, name: str,
+                      upload_id: str | None = None) -> Received:
+        """Bytes already in memory (a text or clock spec, an MQTT payload) as one file."""
+        directory = self.store.new_temp_dir("up")
+        try:
+            sink = _Sink(directory, self.jobs.create(clean_name(name), upload_id), self.jobs,
+                         len(data))
+            sink.write(data)
+            return sink.close(clean_name(name))
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
     def receive_multipart(self, read, length: int, boundary: str,
                           upload_id: str | None) -> list[Received]:
         """Every `file` field of a multipart body, streamed with the push parser."""
@@ -220,6 +233,7 @@ class Intake:
                 "notes": rendered.notes,
                 "render": render_key(target),
                 "_staging": staging,
+                **rendered.extra,
             }
             return meta
         except BaseException:

@@ -57,6 +57,7 @@ class Rendered:
     duration_ms: int
     notes: list[str] = field(default_factory=list)
     ext: str = "bin"  # extension of the stored original, from the bytes
+    extra: dict = field(default_factory=dict)  # kind-specific metadata (a clock's layout)
 
 
 def gif_delay(duration) -> int:
