@@ -11,6 +11,7 @@ were not fetched while writing this file.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import uuid
 
 import pytest
 from conftest import ROOT, Client, gif_bytes, png_bytes, wait_for, write_config
+from PIL import Image
 
 from bench.mosquitto import MOSQUITTO, Mosquitto
 
@@ -147,10 +149,8 @@ def upload(app, name="cat.gif", data=None) -> str:
 
 
 def status(app) -> dict:
-    """The player's status, without the frame counter (which moves while it plays)."""
-    player = Client(app.server.port).get("/api/poll/status").data["player"]
-    player.pop("frame")
-    return player
+    """The player's status (read in-process: /api/poll/* is rate-limited per client)."""
+    return app.player.status.as_dict(0)
 
 
 def retained_snapshot(port) -> dict[str, str]:
@@ -303,7 +303,8 @@ def test_discovery_messages_follow_home_assistants_schema(mqtt_app, broker, tmp_
         ("light", "light"), ("select", "item"), ("select", "mode"), ("button", "next"),
         ("button", "previous"), ("button", "play"), ("button", "pause"),
         ("sensor", "playback"), ("sensor", "status"), ("sensor", "memory"),
-        ("sensor", "temperature"), ("sensor", "uptime"), ("binary_sensor", "panel")}
+        ("sensor", "temperature"), ("sensor", "uptime"), ("binary_sensor", "panel"),
+        ("text", "message"), ("notify", "notify")}
     devices = {json.dumps(c["device"], sort_keys=True) for c in configs.values()}
     assert len(devices) == 1, "every entity names the same device"
     device = next(iter(configs.values()))["device"]
@@ -325,6 +326,8 @@ def test_discovery_messages_follow_home_assistants_schema(mqtt_app, broker, tmp_
         "next", "previous", "play", "pause"}
     assert {c["command_topic"] for (k, _), c in configs.items() if k == "button"} == {
         f"{BASE}/playback/set"}
+    assert configs[("text", "message")]["command_topic"] == f"{BASE}/notify/set"
+    assert configs[("notify", "notify")]["command_topic"] == f"{BASE}/notify/set"
     assert json.loads(held[f"{BASE}/light/state"]) == {"state": "ON", "brightness": 80,
                                                        "color_mode": "brightness"}
     assert held[f"{BASE}/panel/state"] == "ON" and held[f"{BASE}/status/state"] == "ok"
@@ -409,6 +412,42 @@ def test_commands_change_the_player_and_are_echoed_as_state(mqtt_app, broker, li
     ha.publish(f"{BASE}/playback/set", "play")
     ha.wait_last(f"{BASE}/playback/state", "playing")
     assert app.mqtt.counters.commands_done == 10 and app.mqtt.counters.commands_refused == 0
+
+
+def panel_colours(app) -> set:
+    reply = Client(app.server.port).get("/api/display/frame.png?scale=1")
+    assert reply.status == 200
+    image = Image.open(io.BytesIO(reply.body)).convert("RGB")
+    return {c for _, c in image.getcolors(image.width * image.height)}
+
+
+def test_a_notification_arrives_on_the_panel(mqtt_app, broker, listeners):
+    app = mqtt_app()
+    red = upload(app, "red.png", png_bytes((255, 0, 0)))
+    wait_for(lambda: status(app)["item"] == red)
+    assert wait_for(lambda: panel_colours(app) == {(255, 0, 0)})
+    ha = listeners(broker.port)
+    http = Client(app.server.port)
+
+    ha.publish(f"{BASE}/notify/set", "Someone at the door")  # what HA's text entity sends
+    shown = wait_for(lambda: status(app)["notification"])
+    [note] = http.get("/api/notify").data["notifications"]
+    assert note["id"] == shown and note["state"] == "showing"
+    assert note["text"] == "Someone at the door" and note["priority"] == "normal"
+    assert wait_for(lambda: panel_colours(app) != {(255, 0, 0)})  # the text is drawn
+
+    ha.publish(f"{BASE}/notify/set", json.dumps(
+        {"text": "Doorbell", "priority": "high", "duration_sec": 10, "id": "door"}))
+    wait_for(lambda: status(app)["notification"] == "door")  # high interrupts normal
+    door = http.get("/api/notify").data["notifications"][0]
+    assert (door["id"], door["priority"], door["duration_sec"]) == ("door", "high", 10)
+
+    queued = len(http.get("/api/notify").data["notifications"])
+    ha.publish(f"{BASE}/notify/set", json.dumps({"text": "x", "priority": "urgent"}))
+    answer = json.loads(ha.wait_last(f"{BASE}/error", lambda v: True))
+    assert answer["error"] == "bad_request" and "priority" in answer["message"]
+    assert len(http.get("/api/notify").data["notifications"]) == queued
+    assert app.mqtt.counters.commands_done == 2
 
 
 def test_an_http_change_is_published_too(mqtt_app, broker, listeners):
@@ -664,7 +703,7 @@ def test_a_broker_that_never_answers_blocks_neither_display_nor_api(tmp_path, se
             started = time.monotonic()
             assert http.get("/api/poll/status", timeout=10).status == 200
             slowest = max(slowest, time.monotonic() - started)
-            time.sleep(0.1)
+            time.sleep(0.2)  # polling is rate-limited to 10 a second per client
         assert slowest < 2.0, f"an API request took {slowest:.2f} s"  # liveness, generous
         health = http.get("/api/poll/health").data
         assert health["checks"]["display"]["frames_shown"] > shown + 20

@@ -1,6 +1,6 @@
 """Commands from `<base>/<entity>/set`: parsed, checked and applied through the same calls and
 with the same rules as the HTTP API (`PUT /api/display`, `POST /api/playback/...`,
-`PUT /api/playback/mode`, `POST /api/playback/select`).
+`PUT /api/playback/mode`, `POST /api/playback/select`, `POST /api/notify`).
 
 A refused command raises `MqttError` (the MQTT front's one error type), which the front
 answers on `<base>/error`; the codes are the HTTP API's.
@@ -89,7 +89,7 @@ class Commands:
 
     def run(self, entity: str, payload: bytes) -> None:
         handler = {"light": self.light, "item": self.item, "mode": self.mode,
-                   "playback": self.playback}.get(entity)
+                   "playback": self.playback, "notify": self.notify}.get(entity)
         if handler is None:
             raise MqttError("not_found", f"no command topic {entity[:60]}/set")
         handler(decode(payload))
@@ -127,3 +127,14 @@ class Commands:
             raise MqttError("validation_failed", f"playback must be one of "
                             f"{', '.join(TRANSPORT)}")
         self.app.player.command(action)
+
+    def notify(self, text: str) -> None:
+        """A notification through `App.notify` (POST /api/notify's path and checks): a JSON
+        object is its fields (`text` or `item`, `priority`, `duration_sec`, `id`, ...); any
+        other payload is the text itself, shown with the defaults (what Home Assistant's
+        text and notify entities send)."""
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        self.app.notify(value if isinstance(value, dict) else {"text": text})

@@ -23,7 +23,7 @@ from loop.config import MODES
 BUTTONS = (("next", "Next", "mdi:skip-next"), ("previous", "Previous", "mdi:skip-previous"),
            ("play", "Play", "mdi:play"), ("pause", "Pause", "mdi:pause"))
 HEALTH_STATES = ("ok", "degraded", "failing")
-PLAYBACK_STATES = ("playing", "paused", "idle")
+PLAYBACK_STATES = ("starting", "playing", "paused", "idle")  # the player's status.state
 NONE = "None"  # Home Assistant's "unknown" for a select and a sensor
 
 
@@ -91,7 +91,7 @@ class Device:
 
 
 def discovery(topics: Topics, device: Device, item_options: list[str], *,
-              temperature: bool = True, notify: bool = False) -> dict[str, str]:
+              temperature: bool = True) -> dict[str, str]:
     """{config topic: JSON payload} for every entity (Home Assistant's MQTT discovery);
     `temperature` when the SoC has a sensor."""
     node = node_id(topics.base)
@@ -139,10 +139,11 @@ def discovery(topics: Topics, device: Device, item_options: list[str], *,
     add("binary_sensor", "panel", name="Panel working", state_topic=topics.state("panel"),
         device_class="running", payload_on="ON", payload_off="OFF",
         entity_category="diagnostic")
-    if notify:
-        add("text", "message", name="Message", icon="mdi:message-text",
-            command_topic=topics.command("notify"), min=1, max=255, mode="text")
-        add("notify", "notify", name="Notify", command_topic=topics.command("notify"))
+    # both send a notification with the default priority and duration (notify.duration_sec);
+    # JSON on <base>/notify/set sets them (README, "An automation: the doorbell")
+    add("text", "message", name="Message", icon="mdi:message-text",
+        command_topic=topics.command("notify"), min=1, max=255, mode="text")
+    add("notify", "notify", name="Notify", command_topic=topics.command("notify"))
     return out
 
 
