@@ -50,7 +50,8 @@ HTTP_POLL_SEC = 0.2  # serve_forever's poll: how often the accept loop's heartbe
 # Keys a SIGHUP cannot change in a running process.
 RESTART_KEYS = ("web.host", "web.port", "web.max_concurrent_requests", "system.data_dir",
                 "system.user", "processing.max_concurrent_jobs") + tuple(
-    f"display.{k}" for k in config.SCHEMA["display"] if k not in ("brightness", "fit"))
+    f"display.{k}" for k in config.SCHEMA["display"] if k not in ("brightness", "fit")) + tuple(
+    f"mqtt.{k}" for k in config.SCHEMA["mqtt"])
 # Keys that are only defaults of runtime settings: a reload never overrides what people set.
 FIRST_START_KEYS = ("display.brightness", "display.fit", "schedule.rules")
 
@@ -115,6 +116,7 @@ class App:
         self.realtime = {"priority": 0, "reason": "the display thread has not started"}
         self.player: Player | None = None
         self.monitor: Monitor | None = None
+        self.mqtt = None  # the MQTT front (loop/mqtt/front.py) when mqtt.enabled
         self._serve_thread: threading.Thread | None = None
 
     # ---- start / stop ------------------------------------------------------------------
@@ -163,7 +165,16 @@ class App:
             for where in self.url_lines():
                 print(f"  open http://{where}/ on the LAN", file=sys.stderr, flush=True)
         self.notifier.ready(f"serving on port {port}")
+        self.start_mqtt()
         self.maintenance.schedule()  # after READY=1: re-rendering never delays start-up
+
+    def start_mqtt(self) -> None:
+        """The MQTT front, only when enabled: otherwise neither it nor paho-mqtt is loaded.
+        It connects in the background; a broker that is down never delays anything."""
+        if self.cfg.mqtt.enabled:
+            from loop.mqtt.front import MqttFront
+            self.mqtt = MqttFront(self)
+            self.mqtt.start()
 
     def serve(self) -> None:
         """Run the HTTP accept loop on its thread (its poll is the HTTP heartbeat)."""
@@ -178,6 +189,8 @@ class App:
             return
         self._stopped = True
         self.notifier.stopping()
+        if self.mqtt is not None:  # first: Home Assistant hears "offline" at once
+            self.mqtt.stop()
         if self.monitor is not None:
             # first: draining requests must not read as a dead accept loop
             self.monitor.stop()
@@ -516,6 +529,8 @@ class App:
                           "fonts": len(fonts.available), "notifications": len(queue),
                           "notifications_refused": queue.refused,
                           "notifications_expired": queue.expired}
+        if self.mqtt is not None:
+            checks["mqtt"] = self.mqtt.check()
         statuses = [c["status"] for c in checks.values()]
         status = "failing" if "failing" in statuses else (
             "degraded" if "degraded" in statuses else "ok")
