@@ -1,0 +1,74 @@
+#!/bin/sh
+# Build hzeller's rgbmatrix Python binding from a local source tree into a venv, once.
+#
+#   tests/hwsim/build-rgbmatrix.sh SRC VENV
+#
+# SRC is the library's source (a copy of hzeller/rpi-rgb-led-matrix at the pinned commit: the
+# default is ../shared/vendor/rpi-rgb-led-matrix). VENV is made by Debian's python3 with
+# --system-site-packages: the binding's shims/pillow.c compiles against Debian's Imaging.h, so
+# it must run on Debian's Pillow (python3-pil), never on a PyPI wheel. pip's isolated build
+# fetches scikit-build-core and Cython from PyPI.
+#
+# The build writes into its source (Cython puts core.cpp next to core.pyx), so it always runs
+# on a private copy in a temp dir: a read-only or shared SRC stays untouched.
+# Quiet when it works; on failure it prints the build log and exits non-zero. A stamp file
+# holds a fingerprint of SRC: the same source is built once per VENV (a lock file in VENV keeps
+# two builds apart). VENV/rgbmatrix-build.txt says what was built with which Cython and Pillow.
+set -eu
+
+src=${1:?usage: build-rgbmatrix.sh SRC VENV}
+venv=${2:?usage: build-rgbmatrix.sh SRC VENV}
+python=${RGBMATRIX_PYTHON:-/usr/bin/python3}
+here=$(cd "$(dirname "$0")" && pwd)
+reqs="$here/../../requirements.txt"
+
+die() { echo "build-rgbmatrix: $*" >&2; exit 1; }
+
+if [ ! -f "$src/pyproject.toml" ] || [ ! -f "$src/bindings/python/rgbmatrix/core.pyx" ]; then
+    die "no rpi-rgb-led-matrix source at $src (set RGBMATRIX_SRC)"
+fi
+src=$(cd "$src" && pwd)
+for tool in cc c++ "$python"; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (apt-get install build-essential python3-dev python3-venv)"
+done
+
+# Fingerprint: every file's path and content, so an edited source rebuilds.
+fingerprint=$(cd "$src" && find . -type f ! -name '*.cpp' -print0 | LC_ALL=C sort -z \
+    | xargs -0 sha256sum | sha256sum | cut -c1-16)
+mkdir -p "$venv"
+venv=$(cd "$venv" && pwd)
+stamp="$venv/.rgbmatrix-built"
+exec 9>"$venv/.rgbmatrix-build.lock"
+flock 9  # two builds at once (make and a test run) must not share a venv
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$src $fingerprint" ]; then
+    exit 0
+fi
+
+inc=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+[ -f "$inc/Python.h" ] || die "Python.h is missing in $inc (apt-get install python3-dev)"
+[ -f "$inc/Imaging.h" ] || die "Pillow's Imaging.h is missing in $inc (apt-get install python3-pil python3-dev)"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/rgbmatrix-build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+log="$work/build.log"
+cp -R "$src" "$work/src"
+chmod -R u+w "$work/src"
+rm -f "$work/src/bindings/python/rgbmatrix/core.cpp" "$work/src/bindings/python/rgbmatrix/graphics.cpp"
+
+rm -f "$stamp"
+if ! {
+    "$python" -m venv --system-site-packages "$venv" &&
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs" &&
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir "$work/src" &&
+    (cd / && "$venv/bin/python" -c 'import rgbmatrix.core, PIL; assert PIL.__file__.startswith("/usr/lib/python3/"), PIL.__file__')
+} >"$log" 2>&1; then
+    cat "$log" >&2
+    die "building the binding from $src into $venv failed (log above)"
+fi
+# What was built with what, for a bug report (Cython's version is in the file it generated).
+{
+    echo "source: $src (fingerprint $fingerprint)"
+    head -n 1 "$work/src/bindings/python/rgbmatrix/core.cpp" 2>/dev/null || true
+    "$venv/bin/python" -c 'import sys, PIL; print("python", sys.version.split()[0], "Pillow", PIL.__version__)'
+} >"$venv/rgbmatrix-build.txt"
+echo "$src $fingerprint" >"$stamp"
