@@ -339,3 +339,22 @@ m = RGBMatrix(options=o)
 step("ids", lambda: (os.getresuid(), os.getresgid(), os.getgroups()))
 """))
     assert values["ids"] == [[65534] * 3, [65534] * 3, [0, 44]]
+
+
+def test_a_second_matrix_in_one_process_keeps_the_first_ones_gpio_setup(pi):
+    """Framebuffer::InitGPIO runs once per process (its pulser is static): a panel reopened
+    with another mapping or geometry needs a new process."""
+    values = ok(pi.run("""
+from rgbmatrix import RGBMatrix, RGBMatrixOptions
+def matrix(mapping, rows):
+    o = RGBMatrixOptions()
+    o.hardware_mapping, o.rows = mapping, rows
+    o.drop_privileges, o.disable_hardware_pulsing = 0, True
+    return RGBMatrix(options=o)
+m = matrix("adafruit-hat", 32)
+del m
+m = matrix("classic", 32)
+step("size", lambda: (m.width, m.height))
+"""))
+    assert values["size"] == [32, 32]
+    assert pi.output_pins() == PINS["adafruit-hat"]  # classic's pins never became outputs

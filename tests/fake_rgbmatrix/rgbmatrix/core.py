@@ -916,6 +916,10 @@ class RGBMatrix(_Canvas):
 
     def __del__(self):
         if getattr(self, "_null", False):
+            if _crash_mode() == "raise":  # an exception from __del__ goes nowhere useful
+                _say("fake rgbmatrix: SIGSEGV in the real binding: RGBMatrix.__dealloc__ "
+                     "called Clear() on NULL\n")
+                return
             segfault("RGBMatrix.__dealloc__ called Clear() on NULL")
 
     def _buffer(self) -> _Framebuffer:
