@@ -26,10 +26,12 @@ def pi(tmp_path):
 
 
 def run_both(pi, script: str, *, devmem="eacces", sound=True, timeout=60):
-    """(real, fake) Results of `script` (PRELUDE's step() available), run side by side."""
+    """(real, fake) Results of `script` (PRELUDE's step() available), run side by side. The
+    simulated Pi's fault file is the fake's control file."""
     pi.devmem, pi.modules = devmem, (None if sound else "")
     fake = fake_env(FAKE_RGBMATRIX_DEVMEM="1" if devmem == "root" else "0",
-                    FAKE_RGBMATRIX_SOUND_MODULE="1" if sound else "0")
+                    FAKE_RGBMATRIX_SOUND_MODULE="1" if sound else "0",
+                    FAKE_RGBMATRIX_CONTROL=str(pi.fault_file))
     code = PRELUDE + script
     procs = [subprocess.Popen([pi.python, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -484,3 +486,31 @@ def now():
     return user, group
 step("after", now)
 """)
+
+
+@pytest.mark.parametrize("fault", ["nogpio", "segv-swap", "slow 30", ""])
+def test_faults_of_the_simulated_pi_and_the_fake_control_file(pi, fault):
+    """The same word in the fault file (real) and the control file (fake): no GPIO access
+    is a NULL matrix, segv-swap kills the SwapOnVSync caller, slow only slows."""
+    pi.fault(fault)
+    same(pi, OPEN + """
+from PIL import Image
+m = step("create", lambda: RGBMatrix(options=o))
+c = step("canvas", lambda: m.CreateFrameCanvas())
+for i in range(3):
+    step("draw", lambda: c.SetImage(Image.new("RGB", (32, 16), (i, 0, 0))))
+    c = step("swap", lambda: m.SwapOnVSync(c))
+""")
+
+
+def test_an_abort_in_the_library_is_sigabrt_on_both(pi):
+    """Where the abort() lands differs (the real refresh thread, the fake's SwapOnVSync): only
+    the end is compared."""
+    pi.fault("abort")
+    real, fake = run_both(pi, OPEN + """
+m = RGBMatrix(options=o)
+c = m.CreateFrameCanvas()
+for i in range(100):
+    c = m.SwapOnVSync(c)
+""")
+    assert real.signal == fake.signal == "SIGABRT"

@@ -195,11 +195,13 @@ class _State:
                     TooManyCanvases, for a test that wants to be strict.
 
     Environment (for a process the test starts): FAKE_RGBMATRIX_CONTROL names a file whose
-    first word steers every frame while the process runs: `fail` (SetImage raises as above),
-    `hang` (SwapOnVSync blocks, GIL held, until the file changes), `slow MS`, `segv` (SIGSEGV
-    in SwapOnVSync), `abort` (SIGABRT in SwapOnVSync); anything else or no file: a working
-    panel. FAKE_RGBMATRIX_DEVMEM=0/1 and FAKE_RGBMATRIX_SOUND_MODULE=0/1 set the two platform
-    knobs' defaults.
+    first word steers the panel while the process runs, with the words of tests/hwsim's
+    fault file where they mean the same: `nogpio` (at RGBMatrix(): as fail_init), `hang`
+    (SwapOnVSync blocks, GIL held, until the file changes), `slow MS`, `segv` or `segv-swap`
+    (SIGSEGV in SwapOnVSync), `abort` (SIGABRT in SwapOnVSync), and `fail` (SetImage raises as
+    fail_after_swaps; the simulated Pi has no such fault: the real library cannot do it);
+    anything else or no file: a working panel. FAKE_RGBMATRIX_DEVMEM=0/1 and
+    FAKE_RGBMATRIX_SOUND_MODULE=0/1 set the two platform knobs' defaults.
     """
 
     def __init__(self):
@@ -858,7 +860,7 @@ class RGBMatrix(_Canvas):
         if values["rp1_rio"] not in (0, 1):
             _message(f"--led-rp1-rio={values['rp1_rio']} is outside usable range 0..1\n")
             return self._failed()
-        if state.fail_init:
+        if state.fail_init or _control()[0] == "nogpio":
             _message(_NO_GPIO)
             return self._failed()
         mapping = _mapping(values)
@@ -976,7 +978,7 @@ class RGBMatrix(_Canvas):
 
     def _wait_for_vsync(self, fraction: int) -> None:
         word, arg = _control()
-        if word == "segv":
+        if word in ("segv", "segv-swap"):
             segfault("control file: a crash in SwapOnVSync")
         if word == "abort":
             _abort("")
