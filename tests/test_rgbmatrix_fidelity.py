@@ -514,3 +514,28 @@ for i in range(100):
     c = m.SwapOnVSync(c)
 """)
     assert real.signal == fake.signal == "SIGABRT"
+
+
+def test_both_keep_the_gil_while_swap_on_vsync_waits(pi):
+    """A slow refresh (fault file / control file "slow 100"): another Python thread gets at
+    most the gaps between two calls, on both."""
+    pi.fault("slow 100")
+    real, fake = run_both(pi, OPEN + """
+import threading, time
+m = RGBMatrix(options=o)
+c = m.CreateFrameCanvas()
+ticks = []
+threading.Thread(target=lambda: [ticks.append(time.sleep(0.001)) for _ in range(10**6)],
+                 daemon=True).start()
+def swaps():
+    global c
+    c = m.SwapOnVSync(c)
+    before = len(ticks)
+    for _ in range(3):
+        c = m.SwapOnVSync(c)
+    return len(ticks) - before
+step("ticks", swaps)
+""")
+    for result in (real, fake):
+        assert result.returncode == 0, result.outcome
+        assert result.steps[0][2] <= 3, result.outcome

@@ -28,7 +28,7 @@ from PIL import Image
 
 __all__ = ["FrameCanvas", "RGBMatrix", "RGBMatrixOptions"]
 
-_HANG_LIMIT_SEC = 5.0  # in-process hang: nothing can release it (the GIL is held), so it ends
+_HANG_LIMIT_SEC = 3.0  # in-process hang: nothing can release it (the GIL is held), so it ends
 _CONTROL_HANG_LIMIT_SEC = 600.0  # control-file hang: another process ends it
 
 DEAD_CANVAS = "Canvas was destroyed or not initialized, you cannot use this object anymore"
@@ -255,15 +255,29 @@ def _record(*call) -> None:
         state.calls.append(call)
 
 
+def _read_keeping_the_gil(path: str) -> bytes:
+    """The file's first 256 bytes through libc with the GIL held: Python's own I/O would let
+    other threads run in the middle of a SwapOnVSync, which the real one never does."""
+    if _LIBC is None:  # pragma: no cover
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(256)
+        except OSError:
+            return b""
+    fd = _LIBC.open(os.fsencode(path), os.O_RDONLY | os.O_CLOEXEC)
+    if fd < 0:
+        return b""
+    buffer = ctypes.create_string_buffer(256)
+    count = _LIBC.read(fd, buffer, 256)
+    _LIBC.close(fd)
+    return buffer.raw[:max(0, count)]
+
+
 def _control() -> tuple[str, int]:
     path = os.environ.get("FAKE_RGBMATRIX_CONTROL")
     if not path:
         return "", 0
-    try:
-        with open(path) as fh:
-            words = fh.read().split()
-    except OSError:
-        return "", 0
+    words = _read_keeping_the_gil(path).decode("utf-8", "replace").split()
     if not words:
         return "", 0
     arg = 0
@@ -1079,12 +1093,13 @@ def _hang_in_process() -> None:
         pass
     while state.hang:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or not _gil_poll(_release_pipe[0], left):
+            # No re-check after the wait: a release() that sneaks in once the GIL is free
+            # again must not turn a hang that lasted into one that ended.
             raise AssertionError(
                 "fake rgbmatrix hang was never released: SwapOnVSync holds the GIL while it "
                 "waits, as the real binding does, so no thread of this process could")
-        if _gil_poll(_release_pipe[0], left):
-            try:
-                os.read(_release_pipe[0], 4096)
-            except BlockingIOError:
-                pass
+        try:
+            os.read(_release_pipe[0], 4096)
+        except BlockingIOError:
+            pass
