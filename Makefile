@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # The emulator needs Pillow >= 10; CI's run on Debian's Pillow 9.4 leaves it out.
 DEV_REQS ?= requirements-dev.txt requirements-emulator.txt
 
-.PHONY: run test lint bench install uninstall rollback selftest clean rgbmatrix
+.PHONY: run demo test lint bench install uninstall rollback selftest clean rgbmatrix
 
 # `make run` needs only the runtime packages; the test tools come with `make test`.
 $(RUN_STAMP): requirements.txt
@@ -24,8 +24,12 @@ $(DEV_STAMP): $(RUN_STAMP) $(DEV_REQS)
 run: $(RUN_STAMP)
 	$(PY) loop.py --config config.json --data-dir var --host 127.0.0.1 --port 8080 --display headless
 
+# With `make run` going: three generated samples, uploaded in order (LOOP_URL, LOOP_TOKEN).
+demo: $(RUN_STAMP)
+	$(PY) contrib/demo.py
+
 lint: $(DEV_STAMP)
-	$(PY) -m ruff check loop loop.py tests $(wildcard bench)
+	$(PY) -m ruff check loop loop.py tests contrib $(wildcard bench)
 
 test: lint
 	$(PY) -m pytest -q tests
@@ -52,12 +56,19 @@ rollback:
 	sh deploy/install.sh --rollback
 
 # On the Pi: `sudo make selftest` tests the installed app with the installed venv (where the
-# LED binding lives) and config; SELFTEST_ARGS passes flags, e.g. SELFTEST_ARGS=--stop-service
-# or --json. Off a Pi (or before `make install`) it uses this tree and $(PYTHON).
+# LED binding lives) and /etc/loop/config.json; SELFTEST_ARGS passes flags, e.g.
+# SELFTEST_ARGS=--stop-service or --json. Elsewhere (no `make install`) it tests this tree with
+# the project's venv, ./config.json and ./var, and says what only the Pi can show.
 selftest:
-	@prefix=$${PREFIX:-/opt/loop}; py=$$prefix/venv/bin/python; app=$$prefix/app/loop.py; \
-	[ -x "$$py" ] || py=$(PYTHON); [ -f "$$app" ] || app=loop.py; \
-	"$$py" "$$app" --config "$${LOOP_CONFIG:-/etc/loop/config.json}" --selftest $(SELFTEST_ARGS)
+	@prefix=$${PREFIX:-/opt/loop}; \
+	if [ -x "$$prefix/venv/bin/python" ] && [ -f "$$prefix/app/loop.py" ]; then \
+	  "$$prefix/venv/bin/python" "$$prefix/app/loop.py" \
+	    --config "$${LOOP_CONFIG:-/etc/loop/config.json}" --selftest $(SELFTEST_ARGS); \
+	else \
+	  $(MAKE) --no-print-directory $(RUN_STAMP) && \
+	  $(PY) loop.py --config "$${LOOP_CONFIG:-config.json}" --data-dir var --selftest \
+	    $(SELFTEST_ARGS); \
+	fi
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

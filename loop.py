@@ -8,6 +8,6 @@ from loop import config
 if __name__ == "__main__":
     # Flags are checked before anything imports Pillow, so `--help` works on any Python.
     config.argument_parser().parse_args()
-    from loop.app import main
+    from loop.service.app import main
 
     sys.exit(main())

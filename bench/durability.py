@@ -1,6 +1,6 @@
 """Group 6, durability cost: what the crash-safe index write costs, and how often it happens.
 
-- `index_write_*`: `loop.store.write_json_atomic` (temp file, flush, fsync, os.replace,
+- `index_write_*`: `loop.durable.write_json_atomic` (temp file, flush, fsync, os.replace,
   directory fsync) of a real index.json, empty and with 200 items, in a directory on the same
   filesystem as the bench's data directories (its type is in results.json's machine.bench_fs).
 - `put_loop_200`: round trip of `PUT /api/loop` on the service with 200 items, a library
@@ -18,7 +18,7 @@ import time
 from bench import memory
 from bench.common import Service, fresh_dir, request, result, service_config, summary, wait_until
 from loop import config as loop_config
-from loop.store import write_json_atomic
+from loop.durable import write_json_atomic
 
 
 def _write_latency(directory: str, doc: dict, runs: int) -> dict:

@@ -2,7 +2,7 @@
 receive + hash + decode + fit + write frames + thumbnail + commit), per panel size, next to
 the time Pillow (or ffmpeg) alone takes to decode the same input in the same run.
 
-`ratio` = upload seconds / decode seconds (goal <= 1.3). `render_s` is `loop.media.render`
+`ratio` = upload seconds / decode seconds (goal <= 1.3). `render_s` is `loop.media.render.render`
 alone, called in the bench process, to split rendering from the HTTP and commit overhead.
 Each number is the median of several runs; the item is deleted between runs so every upload
 is decoded for real.
@@ -32,7 +32,9 @@ from bench.common import (
 )
 from bench.inputs import FFMPEG
 from loop import config as loop_config
-from loop import media
+from loop.media.errors import MediaError
+from loop.media.geometry import Target
+from loop.media.render import render as render_upload
 
 RATIO_GOAL = 1.3
 SIZES = ((64, 32), (128, 64))
@@ -69,9 +71,9 @@ def _render_in_process(path: str, size) -> float | None:
     scratch = tempfile.mkdtemp(prefix="render-")
     try:
         started = time.monotonic()
-        media.render(path, os.path.join(scratch, "frames.bin"), media.Target(*size), cfg)
+        render_upload(path, os.path.join(scratch, "frames.bin"), Target(*size), cfg)
         return time.monotonic() - started
-    except media.MediaError:
+    except MediaError:
         return None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

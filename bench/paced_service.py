@@ -1,10 +1,11 @@
 """The real service with an instrumented headless driver, for the frame-pacing benchmark.
 
-Runs exactly what `loop.py` runs (`loop.app.main`: HTTP server, display thread, monitor), as a
-subprocess of the bench, but wraps `loop.display.open_driver` so the opened driver's `show()`
-also records, per frame: the monotonic time it was called, the display thread's CPU time
-(`time.thread_time()`), and the frame's first pixel (which identifies the frame, see
-bench/inputs.py). The records are written as JSON to $BENCH_RECORD when the service exits.
+Runs exactly what `loop.py` runs (`loop.service.app.main`: HTTP server, display thread,
+monitor), as a subprocess of the bench, but wraps the `open_driver` the app calls
+(loop/display/factory.py) so the opened driver's `show()` also records, per frame: the
+monotonic time it was called, the display thread's CPU time (`time.thread_time()`), and the
+frame's first pixel (which identifies the frame, see bench/inputs.py). The records are
+written as JSON to $BENCH_RECORD when the service exits.
 
 Why this way: pacing is measured inside the process that also serves HTTP, so the polling load
 competes with the display thread for the GIL exactly as in production, and the product carries
@@ -20,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from loop import app, display  # noqa: E402
+from loop.service import app  # noqa: E402
 
 RECORD = {"t": [], "cpu": [], "pixel": []}
 
@@ -42,13 +43,13 @@ def _instrument(driver):
 
 
 def main() -> int:
-    original = display.open_driver
+    original = app.open_driver
 
     def open_driver(*args, **kwargs):
         driver, reason = original(*args, **kwargs)
         return _instrument(driver), reason
 
-    display.open_driver = open_driver
+    app.open_driver = open_driver
     try:
         return app.main(sys.argv[1:])
     finally:

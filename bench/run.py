@@ -3,8 +3,9 @@
 polling, frame pacing, ingest speed, start-up and durability cost.
 
 Prints one JSON object per benchmark on stdout as it goes, then a short table; progress goes
-to stderr. Saves everything to bench/results.json. Benchmarks report numbers and never fail
-on timing; the exit status is 1 only when a group could not run at all.
+to stderr. A full run (every group, full inputs) saves everything to bench/results.json, the
+committed numbers; a quick or partial run leaves that file alone. Benchmarks report numbers and
+never fail on timing; the exit status is 1 only when a group could not run at all.
 
     python bench/run.py                   # every group (about 8-9 minutes)
     BENCH_QUICK=1 python bench/run.py     # smaller inputs, shorter windows (about 2 minutes)
@@ -15,7 +16,7 @@ on timing; the exit status is 1 only when a group could not run at all.
 Environment: BENCH_QUICK=1, BENCH_DIR (where the temp work directory goes; it decides the
 filesystem the fsync numbers are about), BENCH_KEEP=1 (keep the work directory),
 BENCH_NO_WRK=1 (use the built-in load generator even when wrk is installed),
-BENCH_SAVE=1 (write results.json even when only some groups ran).
+BENCH_SAVE=1 (write results.json even from a quick or partial run).
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def print_table(full: bool, path: str = RESULTS) -> int:
     return 0
 
 
+def saves_results(wanted, quick: bool, environ=os.environ) -> bool:
+    """Only a full run replaces the committed numbers (or BENCH_SAVE=1 says so)."""
+    return (set(wanted) == set(GROUPS) and not quick) or environ.get("BENCH_SAVE") == "1"
+
+
 def main(argv: list[str]) -> int:
     if "--table" in argv or "--table-full" in argv:
         return print_table("--table-full" in argv)
@@ -156,13 +162,14 @@ def main(argv: list[str]) -> int:
     doc = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "quick": quick, "commit": git_commit(),
            "machine": machine, "versions": versions(), "elapsed_s": round(elapsed, 1),
            "group_seconds": timings, "inputs": ctx.inputs.info, "results": ctx.records}
-    if set(wanted) == set(GROUPS) or os.environ.get("BENCH_SAVE") == "1":
+    if saves_results(wanted, quick):
         with open(RESULTS, "w") as fh:
             json.dump(doc, fh, indent=1)
             fh.write("\n")
         log(f"saved {os.path.relpath(RESULTS, ROOT)}")
     else:
-        log("some groups only: bench/results.json left as it was (BENCH_SAVE=1 overrides)")
+        log("quick or partial run: bench/results.json left as it was (BENCH_SAVE=1 "
+            "overrides)")
     return 1 if failed else 0
 
 

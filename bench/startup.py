@@ -2,7 +2,7 @@
 AF_UNIX datagram socket the bench binds, as systemd does), with 0 and 200 items, and the time
 to recover a 200-item library whose index.json was deleted (rebuilt from meta.json files).
 
-Also reports where start-up time goes: `python -X importtime` of `loop.app` (the slowest
+Also reports where start-up time goes: `python -X importtime` of `loop.service.app` (the slowest
 imports, cumulative) in the same run.
 """
 
@@ -41,10 +41,10 @@ def parse_importtime(text: str, module: str, top: int = 5) -> dict:
 
 
 def import_profile() -> dict:
-    """`python -X importtime -c "import loop.app"`, parsed."""
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import loop.app"],
+    """`python -X importtime -c "import loop.service.app"`, parsed."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import loop.service.app"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
-    return parse_importtime(out.stderr, "loop.app")
+    return parse_importtime(out.stderr, "loop.service.app")
 
 
 def _ready_times(ctx, name: str, make_data, runs: int, check_items: int | None = None):

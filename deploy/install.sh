@@ -302,7 +302,7 @@ install_app() {
     rm -rf "$new"
     mkdir -p "$new"
     set -- loop.py loop config.json
-    for f in requirements.txt loop.service deploy Makefile README.md; do
+    for f in requirements.txt loop.service deploy docs Makefile README.md; do
         [ ! -e "$SRC/$f" ] || set -- "$@" "$f"
     done
     tar -C "$SRC" --exclude=__pycache__ --exclude='*.pyc' -cf - "$@" |

@@ -82,6 +82,9 @@ HARDWARE_MAPPINGS = ("regular", "adafruit-hat", "adafruit-hat-pwm", "regular-pi1
                      "classic", "classic-pi1", "compute-module")
 DRIVERS = ("auto", "headless", "rgbmatrix", "emulator", "framebuffer")
 FITS = ("contain", "cover", "stretch")
+# Play modes, a runtime setting only (PUT /api/playback/mode): each item in turn, repeat the
+# current one, or shuffle.
+MODES = ("all", "one", "shuffle")
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "display": {

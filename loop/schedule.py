@@ -372,7 +372,6 @@ class Scheduler:
         self._minute = None
         self._anchor = None  # (wall, monotonic) at the last evaluation: clock-jump detection
         self._dirty = True
-        self.evaluations = 0
         self.clock_jumps = 0
         self.version = 0
         self.decision: Decision | None = None
@@ -461,7 +460,6 @@ class Scheduler:
                 log.info("manual brightness override ended; the schedule applies again")
                 self._override = None
                 self.store.update_settings(brightness_override=None)
-            self.evaluations += 1
             previous = self.decision
             self.decision = decision
             if previous is None or _summary(previous) != _summary(decision):

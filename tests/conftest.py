@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from loop import config  # noqa: E402
-from loop.app import App  # noqa: E402
+from loop.service.app import App  # noqa: E402
 
 FAKE_RGBMATRIX = os.path.join(ROOT, "tests", "fake_rgbmatrix")
 UNDER_CI = os.environ.get("CI") == "true"

@@ -9,8 +9,8 @@ import pytest
 from conftest import Client, png_bytes, wait_for
 from rawhttp import connect, exchange, read_response, request_bytes
 
-from loop.api import Access, split_host
 from loop.config import defaults
+from loop.http.access import Access, split_host
 
 TOKEN = "s3cret-token"
 

@@ -64,6 +64,39 @@ def test_several_files_in_one_request(client):
     assert len(client.get("/api/media").data["items"]) == 2
 
 
+@pytest.mark.parametrize("known", [False, True])
+def test_a_mix_of_good_and_bad_files_succeeds_when_one_is_in_the_library(client, known):
+    good = png_bytes((7, 8, 9))
+    if known:
+        assert client.upload([("good.png", good)]).status == 201
+    reply = client.upload([("good.png", good), ("notes.txt", b"just text, not media")])
+    assert reply.status == (200 if known else 201), reply
+    assert reply.json["success"] is True
+    assert [r["status"] for r in reply.data["results"]] == [200 if known else 201, 415]
+    alone = client.upload([("notes.txt", b"just text, not media")])
+    assert alone.status == 415 and alone.json["success"] is False
+    assert [r["status"] for r in alone.json["data"]["results"]] == [415]
+
+
+def test_a_fractional_brightness_is_refused_as_not_a_whole_number(client):
+    reply = client.put("/api/display", json_body={"brightness": 50.5})
+    assert reply.status == 422 and "a whole number 0..100" in reply.json["message"]
+
+
+def test_the_server_header_has_no_trailing_space(client):
+    reply = client.get("/api/poll/health")
+    assert reply.headers["Server"] == "LOOP"
+
+
+def test_the_library_says_what_null_play_times_stand_for_and_status_shows_the_fit(client):
+    defaults = client.get("/api/media").data["defaults"]
+    assert defaults == {"loop_count": 3, "item_duration_sec": 0.0,
+                        "static_image_duration_sec": 10.0}
+    assert client.get("/api/poll/status").data["display"]["fit"] == "contain"
+    assert client.put("/api/display", json_body={"fit": "cover"}).status == 200
+    assert client.get("/api/poll/status").data["display"]["fit"] == "cover"
+
+
 def test_list_get_delete(app, client):
     ids = [client.upload([(f"{i}.png", png_bytes((i, i, i)))]).data["results"][0]["item"]["id"]
            for i in range(3)]

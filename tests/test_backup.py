@@ -18,8 +18,8 @@ import threading
 import pytest
 from conftest import ROOT, Client, gif_bytes, jpeg_bytes, png_bytes, wait_for, write_config
 
-from loop import backup
-from loop.store import Store
+from loop.library import backup
+from loop.library.store import Store
 
 TOKEN = "backup-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -99,7 +99,7 @@ def post_restore(client: Client, data: bytes, **kw):
 
 
 def settled(app) -> bool:
-    return not app.store.view.pending and not app.maintenance.running
+    return not app.store.view.pending and not app.jobs.active
 
 
 def rendered(app) -> bool:
@@ -157,7 +157,7 @@ def test_backup_needs_the_token_and_head_tells_the_length(source):
 
 def test_backup_streams_without_holding_the_archive(source, monkeypatch):
     """The response carries an iterator and the exact length; no bytes body is built."""
-    from loop.server import Response
+    from loop.http.envelope import Response
     seen = []
     original = Response.__init__
 

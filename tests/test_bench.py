@@ -8,8 +8,10 @@ import pytest
 from conftest import ROOT  # noqa: F401  (puts the repository root on sys.path)
 
 from bench import common, inputs, load, pacing, playback, startup
-from loop import config, media
-from loop.frames import FrameFile
+from loop import config
+from loop.media.frames import FrameFile
+from loop.media.geometry import Target
+from loop.media.render import render as render_upload
 
 
 def test_percentile_interpolates_between_ranks():
@@ -44,6 +46,15 @@ def test_result_line_is_one_json_object_with_group_and_bench():
         common.result("speed", "x")
     with pytest.raises(ValueError):
         common.json_line({"bench": "no group"})
+
+
+def test_only_a_full_run_replaces_the_committed_results():
+    from bench import run
+    every = list(common.GROUPS)
+    assert run.saves_results(every, quick=False, environ={})
+    assert not run.saves_results(every, quick=True, environ={})  # BENCH_QUICK=1 make bench
+    assert not run.saves_results(["pacing"], quick=False, environ={})
+    assert run.saves_results(["pacing"], quick=True, environ={"BENCH_SAVE": "1"})
 
 
 def test_every_group_is_known():
@@ -129,7 +140,7 @@ def test_pacing_gif_frames_survive_rendering_exactly(tmp_path):
     path = tmp_path / "pacing.gif"
     path.write_bytes(inputs.pacing_gif(inputs.TAG_MIXED, inputs.PACING_MIXED))
     frames_path = str(tmp_path / "frames.bin")
-    media.render(str(path), frames_path, media.Target(64, 32), config.defaults().media)
+    render_upload(str(path), frames_path, Target(64, 32), config.defaults().media)
     frames = FrameFile(frames_path)
     try:
         assert list(frames.durations) == inputs.PACING_MIXED

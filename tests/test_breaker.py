@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from loop.breaker import Breaker
+from loop.playback.breaker import Breaker
 
 
 class FakeClock:

@@ -1,4 +1,5 @@
-"""The web dashboard (issue 7) driven in a real headless Chromium against a real LOOP process.
+"""The web dashboard (issues 7 and 20) driven in a real headless Chromium against a real LOOP
+process.
 
 Playwright for Python drives Debian's /usr/bin/chromium (a downloaded browser is never used:
 do not run `playwright install`). Without that browser the browser tests skip with the reason;
@@ -7,7 +8,8 @@ under CI (`CI=true`) a missing browser or Playwright is a failure instead.
 One browser and one LOOP server per module keep this fast; every test uses its own browser
 context (fresh localStorage) and uploads its own uniquely coloured media, so the tests do not
 depend on each other's order. The ids and data-testid hooks used here are listed at the top
-of loop/web/app.js.
+of loop/web/app.js. The phone layout (touch targets, the README screenshot) is in
+test_dashboard_phone.py, going offline and coming back in test_dashboard_offline.py.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import re
 
 import pytest
-from conftest import FAKE_RGBMATRIX, ROOT, Client, spawn, wait_for, write_config
+from conftest import FAKE_RGBMATRIX, ROOT, Client, png_bytes, spawn, wait_for, write_config
 from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
@@ -224,6 +226,43 @@ def close(rgb, colour, tol=12):
     return rgb is not None and all(abs(a - b) <= tol for a, b in zip(rgb, colour, strict=True))
 
 
+def assert_health_card_reads_well(page, loop):
+    """The Health card: one verdict, four facts in MB/GB and °C, the rest behind "Details"."""
+    checks = loop.data("/api/poll/health")["checks"]
+    verdict = page.locator('[data-testid="health-verdict"]').inner_text()
+    assert verdict and "{" not in verdict and "_" not in verdict, verdict
+    memory = page.locator("#health-memory").inner_text()
+    assert re.fullmatch(r"\d+ MB of 160 MB", memory), memory     # memory_limit_mb default
+    disk = page.locator("#health-disk").inner_text()
+    assert re.fullmatch(r"\d+(\.\d)? (MB|GB) free \(\d+%\)", disk), disk
+    shown_percent = int(re.search(r"\((\d+)%\)", disk).group(1))
+    assert abs(shown_percent - checks["disk"]["free_percent"]) <= 1, disk  # (read at another time)
+    temp = page.locator("#health-temp").inner_text()
+    assert temp == "no sensor" if checks["temperature"]["temp_c"] is None \
+        else re.fullmatch(r"\d+ °C", temp), temp
+    assert page.locator("#health-panel-state").inner_text() == "none (preview only)"  # headless
+    # the raw dump is gone from the first view: details are folded away...
+    details = page.locator("#health-details")
+    assert details.get_attribute("open") is None
+    assert page.locator("#health-checks").is_hidden()
+    box = page.locator("#health-panel").bounding_box()
+    assert box["height"] < 400, box        # was a 1,500 px dump
+    # ...and readable when unfolded
+    page.click('[data-testid="health-details-toggle"]')
+    page.locator("#health-checks").wait_for(state="visible")
+    assert page.locator("#health-uptime").inner_text() not in ("", "—")
+    assert page.locator('#health-checks li[data-check="memory"]').count() == 1
+    disk_line = page.locator('#health-checks li[data-check="disk"] .check-nums').inner_text()
+    assert re.search(r"free \d+(\.\d)? (MB|GB)", disk_line), disk_line
+    assert not re.search(r"\bmb\b|_", disk_line), disk_line     # not "free mb 78633.1"
+    beats = page.locator('#health-checks li[data-check="heartbeats"] .check-nums').inner_text()
+    assert "systemd watchdog not used" in beats and not re.search(r"watchdog no\b", beats), beats
+    # the sparkline draws the health history (the monitor samples every 0.2 s here)
+    page.wait_for_function(
+        "() => Number(document.querySelector('#chart-rss').dataset.points) >= 2")
+    assert page.locator("#chart-rss path").count() == 1
+
+
 # ---- tests: no browser needed -----------------------------------------------------------
 def test_static_files_are_self_contained_and_csp_clean():
     html = open(os.path.join(WEB, "index.html"), encoding="utf-8").read()
@@ -254,13 +293,7 @@ def test_loads_polls_calmly_and_shows_health(ui, loop_server):
     page.wait_for_function(
         "() => document.querySelector('#health-status').dataset.status !== 'unknown'")
     assert status.get_attribute("data-status") in ("ok", "degraded", "failing")
-    assert "MB" in page.locator("#health-memory").inner_text()
-    assert page.locator("#health-uptime").inner_text() not in ("", "—")
-    assert page.locator('#health-checks li[data-check="memory"]').count() == 1
-    # the sparkline draws the health history (the monitor samples every 0.2 s here)
-    page.wait_for_function(
-        "() => Number(document.querySelector('#chart-rss').dataset.points) >= 2")
-    assert page.locator("#chart-rss path").count() == 1
+    assert_health_card_reads_well(page, loop_server)
     # a calm page: a few status polls with If-None-Match, no progress polls when idle
     # (page.wait_for_timeout, not time.sleep: Playwright delivers events while it waits)
     start = len(requests)
@@ -314,16 +347,124 @@ def test_upload_through_file_input_shows_progress_then_thumbnail(ui, loop_server
     assert id_ in loop_server.loop_ids()
 
 
-def test_upload_errors_are_plain_words(ui, loop_server):
+def failed_row(page, name):
+    page.wait_for_selector(f'[data-testid="upload-row"][data-name="{name}"][data-state="failed"]')
+    return page.locator(f'[data-testid="upload-row"][data-name="{name}"]')
+
+
+def test_upload_errors_are_plain_words_without_a_useless_retry(ui, loop_server):
     page = ui.open(loop_server)
     page.set_input_files("#file-input", files=[
-        {"name": "notes.gif", "mimeType": "image/gif", "buffer": b"this is not a picture\n" * 20}])
-    row = page.locator('[data-testid="upload-row"][data-name="notes.gif"]')
-    page.wait_for_selector('[data-testid="upload-row"][data-name="notes.gif"][data-state="failed"]')
+        {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"this is not a picture\n" * 20},
+        {"name": "broken.gif", "mimeType": "image/gif", "buffer": b"GIF89a\x40\x00\x20\x00"}])
+    # 415: plain words, no machine code, no tool name, and no Retry (the file will not change)
+    row = failed_row(page, "notes.txt")
     text = row.locator('[data-testid="upload-status"]').inner_text()
-    assert re.search(r"not a file type|looks broken", text, re.I), text
-    assert "{" not in text and "HTTP" not in text
-    assert row.locator('[data-testid="upload-retry"]').is_visible()
+    assert text == ("LOOP cannot show this kind of file. GIF, PNG, JPEG, WebP, BMP and "
+                    "common videos work."), text
+    assert row.locator('[data-testid="upload-retry"]').is_hidden()
+    assert row.locator('[data-testid="upload-dismiss"]').is_visible()
+    # one line of words: the server's sentence is not repeated under it
+    assert row.inner_text().count("not a supported image") == 0, row.inner_text()
+    assert row.locator("text=/ffmpeg/i").count() == 0
+    # 422: a damaged file, no Retry either
+    row = failed_row(page, "broken.gif")
+    assert row.locator('[data-testid="upload-status"]').inner_text() == \
+        "The file looks damaged: LOOP could not read it."
+    assert row.locator('[data-testid="upload-retry"]').is_hidden()
+
+
+def test_upload_of_a_video_without_ffmpeg_says_so_plainly(ui, loop_server):
+    # what a LOOP without ffmpeg answers (loop/video.py): the phone user is not told to apt install
+    body = {"success": False, "error": "unsupported_media",
+            "message": "video uploads need ffmpeg, which is not installed on this device "
+                       "(apt install ffmpeg); images still work",
+            "data": {"results": [{"name": "clip.mp4", "status": 415, "item": None,
+                                  "code": "unsupported_media",
+                                  "error": "video uploads need ffmpeg, which is not installed "
+                                           "on this device (apt install ffmpeg); images still "
+                                           "work"}]}}
+    ui.page.route("**/api/media", lambda route: route.fulfill(
+        status=415, content_type="application/json", body=json.dumps(body))
+        if route.request.method == "POST" else route.continue_())
+    page = ui.open(loop_server)
+    page.set_input_files("#file-input", files=[
+        {"name": "clip.mp4", "mimeType": "video/mp4", "buffer": b"\x00\x00\x00\x18ftypmp42"}])
+    row = failed_row(page, "clip.mp4")
+    assert row.locator('[data-testid="upload-status"]').inner_text() == \
+        "This LOOP cannot play videos. Pictures and GIFs work."
+    assert "ffmpeg" not in row.inner_text() and "apt" not in row.inner_text()
+    assert row.locator('[data-testid="upload-retry"]').is_hidden()
+
+
+def test_upload_error_that_retrying_can_fix_offers_retry(ui, loop_server):
+    answers = iter([507])     # the first try finds the storage full; the retry goes through
+
+    def full_once(route):
+        status = next(answers, None) if route.request.method == "POST" else None
+        if status is None:
+            return route.continue_()
+        route.fulfill(status=status, content_type="application/json", body=json.dumps(
+            {"success": False, "error": "insufficient_storage",
+             "message": "the device's storage is full", "data": None}))
+
+    ui.page.route("**/api/media", full_once)
+    page = ui.open(loop_server)
+    data, _ = make_gif()
+    page.set_input_files("#file-input", files=[
+        {"name": "after-cleanup.gif", "mimeType": "image/gif", "buffer": data}])
+    row = failed_row(page, "after-cleanup.gif")
+    assert row.locator('[data-testid="upload-status"]').inner_text() == \
+        "LOOP's storage is full. Delete something, then retry."
+    row.locator('[data-testid="upload-retry"]').click()
+    page.wait_for_selector('[data-testid="upload-row"][data-name="after-cleanup.gif"]'
+                           '[data-state="done"]')
+    assert item_id(data) in loop_server.loop_ids()
+
+
+def test_files_picked_together_enter_the_loop_in_pick_order_running_row_on_top(ui, loop_server):
+    page = ui.open(loop_server)
+    # every change to the list: the rows' names and states, top to bottom
+    page.evaluate("""() => {
+      window.__rowOrders = [];
+      const list = document.querySelector('#upload-list');
+      const snap = () => window.__rowOrders.push(Array.from(list.children,
+        r => [r.dataset.name, r.dataset.state]));
+      new MutationObserver(snap).observe(list, {subtree: true, childList: true,
+        attributes: true, attributeFilter: ['data-state']});
+    }""")
+    # a long animation first, two small ones after it: sent together, the small ones would
+    # finish (and be appended to the loop) first
+    big, _ = make_gif(frames=150)
+    small_a, _ = make_gif()
+    small_b, _ = make_gif()
+    names = ["long-one.gif", "small-a.gif", "small-b.gif"]
+    page.set_input_files("#file-input", files=[
+        {"name": n, "mimeType": "image/gif", "buffer": d}
+        for n, d in zip(names, (big, small_a, small_b), strict=True)])
+    for name in names:
+        page.wait_for_selector(f'[data-testid="upload-row"][data-name="{name}"][data-state="done"]')
+    ids = [item_id(d) for d in (big, small_a, small_b)]
+    assert loop_server.loop_ids()[-3:] == ids
+    orders = page.evaluate("window.__rowOrders")
+    active = {"queued", "uploading", "processing", "retrying", "waiting"}
+    for order in orders:
+        states = [state for _, state in order]
+        # nothing finished sits above something still to do, and what runs is on top
+        finished_at = [i for i, s in enumerate(states) if s not in active]
+        active_at = [i for i, s in enumerate(states) if s in active]
+        assert not finished_at or not active_at or max(active_at) < min(finished_at), order
+        running = [i for i, s in enumerate(states) if s in ("uploading", "processing")]
+        assert running in ([], [0]), order
+        queued = [n for n, s in order if s == "queued"]
+        assert queued == sorted(queued, key=names.index), order
+    # the second file ran after the first was done, and was moved above its finished row
+    assert any(o[0][0] == "small-a.gif" and o[0][1] in ("uploading", "processing")
+               and ["long-one.gif", "done"] in o for o in orders), orders
+    # finished rows: newest first
+    final = page.eval_on_selector_all('[data-testid="upload-row"]',
+                                      "rows => rows.map(r => r.dataset.name)")
+    assert final == list(reversed(names))
 
 
 def test_reorder_by_buttons_and_by_drag(ui, loop_server):
@@ -344,11 +485,11 @@ def test_reorder_by_buttons_and_by_drag(ui, loop_server):
     card(page, a).locator('[data-testid="item-up"]').click()
     eventually(lambda: (lambda ids: ids.index(a) + 1 == ids.index(b))(loop_server.loop_ids()),
                message="up button did not swap the items back")
-    # desktop: drag the second card onto the first one's leading half
+    # desktop: drag the second card (by its edge, not a button) onto the first one's
+    # leading corner (before it, whether the cards stand in a row or a column)
     page.wait_for_timeout(300)
-    target = card(page, a)
-    box = target.bounding_box()
-    card(page, b).drag_to(target, target_position={"x": 5, "y": box["height"] / 2})
+    card(page, b).drag_to(card(page, a), source_position={"x": 4, "y": 4},
+                          target_position={"x": 4, "y": 4})
     eventually(lambda: (lambda ids: ids.index(b) + 1 == ids.index(a))(loop_server.loop_ids()),
                message="drag and drop did not reorder /api/loop")
 
@@ -364,11 +505,19 @@ def test_toggle_in_loop_and_rename(ui, loop_server):
     page.wait_for_selector(f'#library-other [data-testid="item-card"][data-id="{id_}"]')
     card(page, id_).locator('[data-testid="item-toggle"]').click()
     eventually(lambda: loop_server.loop_ids()[-1:] == [id_], message="not appended to the loop")
-    # rename
+    # rename: an empty name is refused next to the field...
     card(page, id_).locator('[data-testid="item-rename"]').click()
     field = card(page, id_).locator('[data-testid="item-rename-input"]')
+    message = card(page, id_).locator('[data-testid="item-rename-message"]')
+    field.fill("   ")
+    card(page, id_).locator('[data-testid="item-rename-save"]').click()
+    message.wait_for(state="visible")
+    assert message.inner_text() == "A name cannot be empty."
+    # ...and the message goes when the next try starts (here: a good one)
     field.fill("Renamed in the browser")
     card(page, id_).locator('[data-testid="item-rename-save"]').click()
+    message.wait_for(state="hidden")
+    assert page.locator("#message").is_hidden()
     eventually(lambda: loop_server.data(f"/api/media/{id_}")["name"] == "Renamed in the browser",
                message="rename did not reach the server")
     page.wait_for_function(
@@ -377,6 +526,99 @@ def test_toggle_in_loop_and_rename(ui, loop_server):
     href = card(page, id_).locator('[data-testid="item-download"]').get_attribute("href")
     assert href == f"/api/media/{id_}/original"
     assert loop_server.call("GET", href).status == 200
+
+
+def test_play_time_per_item(ui, loop_server):
+    anim = loop_server.upload("timed.gif", make_gif()[0])
+    still = loop_server.upload("still.png", png_bytes(colour=unique_colour()))
+    page = ui.open(loop_server)
+    anim_card = card(page, anim)
+    summary = anim_card.locator('[data-testid="item-timing-summary"]')
+    assert summary.is_hidden()                  # defaults: nothing to say
+    anim_card.locator('[data-testid="item-timing"]').click()
+    count = anim_card.locator('[data-testid="item-loop-count"]')
+    seconds = anim_card.locator('[data-testid="item-duration"]')
+    message = anim_card.locator('[data-testid="item-timing-message"]')
+    # the form says what an empty field means: the server's default (media.loop_count = 3)
+    assert "the default, 3 times" in \
+        anim_card.locator('[data-testid="item-timing-hint"]').inner_text()
+    # a wrong number is refused here, nothing is sent
+    count.fill("2.5")
+    anim_card.locator('[data-testid="item-timing-save"]').click()
+    message.wait_for(state="visible")
+    assert "whole number" in message.inner_text()
+    assert loop_server.data(f"/api/media/{anim}")["loop_count"] is None
+    # times through
+    count.fill("5")
+    anim_card.locator('[data-testid="item-timing-save"]').click()
+    eventually(lambda: loop_server.data(f"/api/media/{anim}")["loop_count"] == 5,
+               message="loop_count not saved")
+    page.wait_for_function("el => el.textContent === 'plays 5 times'", arg=summary.element_handle())
+    assert anim_card.get_attribute("data-sheet") == ""
+    # seconds win; empty fields go back to the default (null)
+    anim_card.locator('[data-testid="item-timing"]').click()
+    assert count.input_value() == "5"
+    count.fill("")
+    seconds.fill("12.5")
+    anim_card.locator('[data-testid="item-timing-save"]').click()
+    eventually(lambda: (lambda d: d["loop_count"] is None and d["duration_sec"] == 12.5)(
+        loop_server.data(f"/api/media/{anim}")), message="duration_sec not saved")
+    page.wait_for_function("el => el.textContent === 'plays 12.5 s'", arg=summary.element_handle())
+    anim_card.locator('[data-testid="item-timing"]').click()
+    seconds.fill("")
+    anim_card.locator('[data-testid="item-timing-save"]').click()
+    eventually(lambda: loop_server.data(f"/api/media/{anim}")["duration_sec"] is None,
+               message="duration_sec not reset to the default")
+    summary.wait_for(state="hidden")
+    # a still picture has no "times through", only its seconds on screen
+    still_card = card(page, still)
+    still_card.locator('[data-testid="item-timing"]').click()
+    assert still_card.locator('[data-testid="item-loop-count"]').is_hidden()
+    still_card.locator('[data-testid="item-duration"]').fill("4")
+    still_card.locator('[data-testid="item-timing-save"]').click()
+    eventually(lambda: loop_server.data(f"/api/media/{still}")["duration_sec"] == 4,
+               message="still's seconds not saved")
+    page.wait_for_function("el => el.textContent === 'shows 4 s'",
+                           arg=still_card.locator('[data-testid="item-timing-summary"]')
+                           .element_handle())
+
+
+def test_fit_select_changes_the_fit(ui, loop_server):
+    assert loop_server.data("/api/display")["fit"] == "contain"
+    page = ui.open(loop_server)
+    page.wait_for_function("() => document.querySelector('#fit-select').value === 'contain'")
+    try:
+        page.select_option("#fit-select", "cover")
+        eventually(lambda: loop_server.data("/api/display")["fit"] == "cover",
+                   message="fit not changed")
+        # what the page shows comes from the server: a fresh page says "cover" too
+        page.reload()
+        page.wait_for_selector('body[data-ready="1"]', state="attached")
+        page.wait_for_function("() => document.querySelector('#fit-select').value === 'cover'")
+    finally:
+        loop_server.call("PUT", "/api/display", json_body={"fit": "contain"})
+        # the items are rendered again for the fit: let them finish before other tests
+        eventually(lambda: not any(i["pending"] for i in loop_server.data("/api/media")["items"]),
+                   timeout=30, message="re-render after the fit change did not finish")
+
+
+def test_a_message_goes_when_the_next_action_starts(ui, loop_server, resume_playing):
+    loop_server.upload("message.gif", make_gif()[0])
+    busy = {"success": False, "error": "busy", "message": "LOOP is busy", "data": None}
+    ui.page.route("**/api/playback/mode", lambda route: route.fulfill(
+        status=422, content_type="application/json",
+        body=json.dumps(dict(busy, error="validation_failed",
+                             message="mode must be one of all, one, shuffle"))))
+    page = ui.open(loop_server)
+    page.select_option("#mode-select", "shuffle")
+    toast = page.locator("#message")
+    toast.wait_for(state="visible")
+    assert "mode must be one of" in toast.inner_text()
+    # the next action (pause) starts: the old error goes at once, not 8 s later
+    page.click("#btn-play")
+    toast.wait_for(state="hidden", timeout=2000)
+    eventually(lambda: loop_server.status()["player"]["state"] == "paused",
+               message="pause did not reach the player")
 
 
 def test_delete_asks_for_confirmation(ui, loop_server):
@@ -494,23 +736,6 @@ def test_show_now_pause_next_and_preview_follows(ui, loop_server, resume_playing
                message="play did not resume")
 
 
-def test_connection_loss_shows_reconnecting_and_recovers_without_reload(ui, loop_server):
-    page = ui.open(loop_server)
-    page.wait_for_selector('#conn-state[data-state="ok"]')
-    page.evaluate("window.__sameDocument = true")
-    page.route("**/api/**", lambda route: route.abort("connectionrefused"))
-    page.wait_for_selector('#conn-state[data-state="reconnecting"]')
-    assert "Reconnecting" in page.locator("#conn-state").inner_text()
-    assert page.locator("#conn-state").is_visible()
-    page.wait_for_timeout(2500)            # a couple of back-off rounds
-    page.unroute("**/api/**")
-    page.wait_for_selector('#conn-state[data-state="ok"]', timeout=40_000)
-    assert page.evaluate("window.__sameDocument") is True    # recovered, not reloaded
-    # and it keeps working: a change made elsewhere shows up
-    id_ = loop_server.upload("after-reconnect.gif", make_gif()[0])
-    card(page, id_).wait_for(timeout=UI_TIMEOUT_MS)
-
-
 def test_token_is_asked_once_on_401_and_kept(browser, loop_server):
     probe = loop_server.call("PUT", "/api/playback/mode", json_body={"mode": "all"}, token=None)
     assert probe.status == 401, probe
@@ -557,7 +782,9 @@ def test_degraded_banner_when_display_breaker_opens(browser, tmp_path_factory):
         assert "display" in text or "panel" in text, text
         assert "breaker" in text, text
         page.wait_for_selector('#health-status[data-status="degraded"]')
-        assert page.locator("#health-breaker").inner_text() in ("open", "half-open")
+        # (inside the folded details: text_content, not the rendered text)
+        assert page.locator("#health-breaker").text_content() in ("open", "half-open")
+        assert page.locator("#health-panel-state").inner_text() == "not responding"
         # the preview still works while the panel is down
         page.wait_for_function("() => document.querySelector('#preview').src.startsWith('blob:')")
     finally:
@@ -570,44 +797,16 @@ def test_keyboard_reaches_every_control(ui, loop_server):
     loop_server.upload("keyboard.gif", make_gif()[0])
     page = ui.open(loop_server)
     page.locator('[data-testid="item-card"]').first.wait_for()
+    wanted = {"btn-prev", "btn-play", "btn-next", "mode-select", "fit-select", "brightness",
+              "file-input", "item-up", "item-down", "item-toggle", "item-show", "item-rename",
+              "item-timing", "item-download", "item-delete", "health-details-toggle"}
     reached = set()
     page.locator("body").focus()
-    for _ in range(80):
+    for _ in range(400):            # the shared library has many cards by now
         page.keyboard.press("Tab")
         reached.add(page.evaluate(
             "() => { const e = document.activeElement; "
             "return e ? (e.id || e.dataset.testid || e.tagName) : null }"))
-    wanted = {"btn-prev", "btn-play", "btn-next", "mode-select", "brightness", "file-input",
-              "item-up", "item-down", "item-toggle", "item-show", "item-rename",
-              "item-download", "item-delete"}
+        if wanted <= reached:
+            break
     assert wanted <= reached, wanted - reached
-
-
-def test_dashboard_at_360px(browser, loop_server):
-    for name in ("a-rather-long-file-name-for-a-small-phone-screen.gif", "cat.gif"):
-        loop_server.upload(name, make_gif()[0])
-    loop_server.call("POST", "/api/playback/play")
-    ui = new_page(browser, viewport={"width": 360, "height": 780}, device_scale_factor=2,
-                  is_mobile=True, has_touch=True)
-    try:
-        page = ui.open(loop_server)
-        page.locator('[data-testid="item-card"]').first.wait_for()
-        page.wait_for_function("() => document.querySelector('#preview').src.startsWith('blob:')")
-        page.wait_for_function(
-            "() => document.querySelector('#health-status').dataset.status !== 'unknown'")
-        # no sideways scrolling, every main control fits on screen
-        assert page.evaluate("document.documentElement.scrollWidth") <= 360
-        for selector in ("#btn-prev", "#btn-play", "#btn-next", "#mode-select", "#brightness",
-                         "#drop-zone", '[data-testid="item-card"]', '[data-testid="item-up"]',
-                         '[data-testid="item-delete"]'):
-            box = page.locator(selector).first.bounding_box()
-            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 360 + 0.5, selector
-        # no layout jump while polling: the preview box keeps its size across polls
-        before = page.locator("#preview-box").bounding_box()
-        page.wait_for_timeout(4500)
-        assert page.locator("#preview-box").bounding_box() == before
-        os.makedirs(ARTIFACTS, exist_ok=True)
-        page.screenshot(path=os.path.join(ARTIFACTS, "dashboard-360.png"), full_page=True)
-    finally:
-        ui.context.close()
-    ui.check_clean()

@@ -60,6 +60,7 @@ def test_schedule_panel_lists_edits_validates_and_saves(ui, op_server):
     message = page.locator('[data-testid="schedule-message"]')
     message.wait_for(state="visible")
     assert "rule 2" in message.inner_text() and "start" in message.inner_text()
+    assert "HH:MM" in message.inner_text()
     assert second.get_attribute("data-invalid") == "start"
     assert op_server.data("/api/schedule")["rules"] == []  # nothing saved
 
@@ -117,7 +118,14 @@ def test_backup_download_and_restore_upload(ui, op_server, tmp_path):
     backup_file.write_bytes(archive)
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
-    page.set_input_files('[data-testid="restore-file"]', str(backup_file))
+    # the native file input is hidden inside a button-sized label that names the file picked
+    chooser_label = page.locator('[data-testid="restore-choose"]')
+    box = chooser_label.bounding_box()
+    assert box["width"] >= 44 and box["height"] >= 44, box
+    with page.expect_file_chooser() as chooser:
+        chooser_label.click()
+    chooser.value.set_files(str(backup_file))
+    assert page.locator("#restore-file-name").inner_text().startswith("loop-backup.tar (")
     page.click('[data-testid="restore-start"]')
     page.wait_for_selector('[data-testid="restore-status"][data-state="done"]')
     assert dialogs and "Replace the whole library" in dialogs[0]
@@ -130,8 +138,91 @@ def test_backup_download_and_restore_upload(ui, op_server, tmp_path):
     bad = tmp_path / "holiday.tar"
     bad.write_bytes(b"this is not a tar archive\n" * 100)
     page.set_input_files('[data-testid="restore-file"]', str(bad))
+    # picking the next file starts the next action: the last one's "Restored …" goes
+    page.wait_for_selector('[data-testid="restore-status"][data-state="idle"]', state="attached")
+    assert page.locator('[data-testid="restore-status"]').inner_text() == ""
     page.click('[data-testid="restore-start"]')
     page.wait_for_selector('[data-testid="restore-status"][data-state="failed"]')
     text = page.locator('[data-testid="restore-status"]').inner_text()
+    # (the server's sentence about a non-tar file, "it ended inside a header", is server side)
     assert "Not restored" in text and "not a usable LOOP backup" in text
     assert op_server.data("/api/media")["items"] == before
+
+
+def test_schedule_times_are_24_hour_text_whatever_the_locale(browser, op_server):
+    """The pickers showed "10:00 PM" (a US locale's <input type=time>) next to a status saying
+    "22:00" and errors asking for "HH:MM": now one format, the device's."""
+    op_server.call("PUT", "/api/schedule", json_body={"rules": [
+        {"days": ["friday"], "start": "22:00", "end": "07:30", "brightness": 5, "name": "Night"}]})
+    ui = dash.new_page(browser, locale="en-US", timezone_id="America/New_York")
+    try:
+        page = ui.open(op_server)
+        rule = page.locator('[data-testid="schedule-rule"][data-index="0"]')
+        rule.wait_for()
+        start = rule.locator('[data-testid="rule-start"]')
+        end = rule.locator('[data-testid="rule-end"]')
+        for field, shown in ((start, "22:00"), (end, "07:30")):
+            assert field.get_attribute("type") == "text"
+            assert field.input_value() == shown
+        assert "PM" not in rule.inner_text() and "AM" not in rule.inner_text()
+        # digits alone (a phone's number pad has no colon) are tidied to HH:MM
+        start.fill("2315")
+        end.fill("6")
+        rule.locator('[data-testid="rule-brightness"]').click()     # leaves the field
+        assert start.input_value() == "23:15" and end.input_value() == "06:00"
+        page.click('[data-testid="schedule-save"]')
+        eventually(lambda: op_server.data("/api/schedule")["rules"][0]["start"] == "23:15",
+                   message="tidied time not saved")
+        assert op_server.data("/api/schedule")["rules"][0]["end"] == "06:00"
+        # the state sentence uses the same clock
+        state = page.locator('[data-testid="schedule-state"]').inner_text()
+        assert "PM" not in state and "AM" not in state, state
+    finally:
+        ui.context.close()
+        op_server.call("PUT", "/api/schedule", json_body={"rules": []})
+    ui.check_clean()
+
+
+def test_day_toggles_are_big_and_act_on_the_checkbox(ui, op_server):
+    op_server.call("PUT", "/api/schedule", json_body={"rules": []})
+    page = ui.open(op_server)
+    page.locator("#schedule-panel").wait_for(state="visible")
+    page.click('[data-testid="schedule-add"]')
+    rule = page.locator('[data-testid="schedule-rule"][data-index="0"]')
+    monday = rule.locator('[data-testid="rule-day"][value="monday"]')
+    box = monday.bounding_box()
+    assert box["width"] >= 44 and box["height"] >= 44, box
+    # a tap on the face ("Mo") toggles it, and the face shows it is on
+    face = monday.locator("xpath=following-sibling::*[contains(@class, 'day-face')]")
+    face.click(force=True)       # the transparent checkbox lies over the face: that is the point
+    assert monday.is_checked()
+    colour = face.evaluate("el => getComputedStyle(el).backgroundColor")
+    off = rule.locator('[data-testid="rule-day"][value="tuesday"]').locator(
+        "xpath=following-sibling::*[contains(@class, 'day-face')]")
+    assert colour != off.evaluate("el => getComputedStyle(el).backgroundColor")
+    assert rule.locator(".days-hint").inner_text() == ""
+    monday.click()
+    assert not monday.is_checked()
+    assert rule.locator(".days-hint").inner_text() == "every day"
+
+
+def test_schedule_message_belongs_to_its_save(ui, op_server):
+    op_server.call("PUT", "/api/schedule", json_body={"rules": []})
+    page = ui.open(op_server)
+    page.locator("#schedule-panel").wait_for(state="visible")
+    message = page.locator('[data-testid="schedule-message"]')
+    page.click('[data-testid="schedule-add"]')
+    page.click('[data-testid="schedule-save"]')
+    page.wait_for_function("el => el.textContent === 'Schedule saved.'",
+                           arg=message.element_handle())
+    # an edit makes "saved" untrue: it goes
+    rule = page.locator('[data-testid="schedule-rule"][data-index="0"]')
+    rule.locator('[data-testid="rule-brightness"]').fill("150")
+    message.wait_for(state="hidden")
+    # the next save's error stands alone: no "Schedule saved." anywhere on the page
+    page.click('[data-testid="schedule-save"]')
+    page.wait_for_selector('[data-testid="schedule-message"][data-kind="error"]')
+    assert "brightness" in message.inner_text()
+    assert page.locator("#message").is_hidden()
+    assert "Schedule saved." not in page.locator("body").inner_text()
+    op_server.call("PUT", "/api/schedule", json_body={"rules": []})

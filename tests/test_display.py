@@ -20,8 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from loop import display
 from loop.config import build
+from loop.display.base import Check, DisplayError
+from loop.display.factory import open_driver
+from loop.display.guard import clear_crash_marker, init_crash_count
+from loop.display.headless import HeadlessDriver
+from loop.display.preflight import failed_reason, preflight
+from loop.display.rgbmatrix import RGBMatrixDriver
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_DIR = Path(__file__).resolve().parent / "fake_rgbmatrix"
@@ -48,8 +53,8 @@ def fake(monkeypatch):
     sys.modules.pop("rgbmatrix", None)  # later tests must not find the fake by accident
 
 
-def opened(fake, **keys) -> display.RGBMatrixDriver:
-    driver = display.RGBMatrixDriver(cfg(**keys), module=fake)
+def opened(fake, **keys) -> RGBMatrixDriver:
+    driver = RGBMatrixDriver(cfg(**keys), module=fake)
     driver.open()
     return driver
 
@@ -75,7 +80,7 @@ def by_name(checks) -> dict:
 # ---- headless -----------------------------------------------------------------------------
 
 def test_headless_counts_frames_and_checks_size():
-    driver = display.HeadlessDriver(cfg(rows=16, cols=32, chain_length=2, parallel=2))
+    driver = HeadlessDriver(cfg(rows=16, cols=32, chain_length=2, parallel=2))
     driver.open()
     assert (driver.name, driver.width, driver.height, driver.pixel_format) == (
         "headless", 64, 32, "RGB24")
@@ -95,8 +100,8 @@ def test_headless_counts_frames_and_checks_size():
 def test_driver_keeps_no_reference_to_an_mmap_frame(fake, kind):
     """The player closes its frame file mmap; a view kept by the driver would block that."""
     keys = {"rows": 16, "cols": 32}
-    driver = (display.HeadlessDriver(cfg(**keys)) if kind == "headless"
-              else display.RGBMatrixDriver(cfg(**keys), module=fake))
+    driver = (HeadlessDriver(cfg(**keys)) if kind == "headless"
+              else RGBMatrixDriver(cfg(**keys), module=fake))
     driver.open()
     data = frame(32, 16)
     mm = mmap.mmap(-1, len(data))
@@ -211,7 +216,7 @@ def test_brightness_zero_at_start_opens_with_1_and_clears(fake):
 
 def test_library_drops_to_the_service_user(fake):
     me = pwd.getpwuid(os.getuid()).pw_name
-    driver = display.RGBMatrixDriver(cfg(rows=16, cols=32), module=fake, user=me)
+    driver = RGBMatrixDriver(cfg(rows=16, cols=32), module=fake, user=me)
     driver.open()
     options = fake.state.options
     assert (options.drop_privileges, options.drop_priv_user) == (1, me.encode())
@@ -227,7 +232,7 @@ def test_library_drops_to_the_service_user(fake):
 ])
 def test_library_does_not_drop_privileges_when_it_should_not(fake, user, keys, missing):
     fake.state.missing_options = missing
-    driver = display.RGBMatrixDriver(cfg(rows=16, cols=32, **keys), module=fake, user=user)
+    driver = RGBMatrixDriver(cfg(rows=16, cols=32, **keys), module=fake, user=user)
     driver.open()
     assert fake.state.options.drop_privileges == 0  # the fake's default is 1, like the C++
     assert fake.state.matrices[0].dropped_to is None
@@ -256,8 +261,8 @@ def test_fake_options_reject_unknown_names_and_images_in_other_modes(fake):
 
 def test_open_turns_library_errors_into_display_error(fake):
     fake.state.fail_init = "cannot mmap /dev/gpiomem"
-    driver = display.RGBMatrixDriver(cfg(rows=16, cols=32), module=fake)
-    with pytest.raises(display.DisplayError, match="cannot mmap /dev/gpiomem"):
+    driver = RGBMatrixDriver(cfg(rows=16, cols=32), module=fake)
+    with pytest.raises(DisplayError, match="cannot mmap /dev/gpiomem"):
         driver.open()
 
 
@@ -268,7 +273,7 @@ def test_show_lets_panel_failures_through(fake):
         driver.show(frame(32, 16, i))
     with pytest.raises(Exception, match="fake panel failure") as caught:
         driver.show(frame(32, 16, 9))
-    assert not isinstance(caught.value, display.DisplayError)
+    assert not isinstance(caught.value, DisplayError)
 
 
 def test_hanging_and_slow_panels_block_the_caller(fake):
@@ -291,8 +296,8 @@ def test_hanging_and_slow_panels_block_the_caller(fake):
 
 
 def test_calls_need_an_open_driver_and_close_blanks(fake):
-    driver = display.RGBMatrixDriver(cfg(rows=16, cols=32), module=fake)
-    with pytest.raises(display.DisplayError):
+    driver = RGBMatrixDriver(cfg(rows=16, cols=32), module=fake)
+    with pytest.raises(DisplayError):
         driver.show(frame(32, 16))
     driver.open()
     driver.open()  # idempotent: no second matrix, no extra canvas
@@ -302,12 +307,12 @@ def test_calls_need_an_open_driver_and_close_blanks(fake):
     driver.show(frame(32, 16))
     driver.close()
     assert fake.state.matrices[0].front.pixels == bytes(32 * 16 * 3)
-    with pytest.raises(display.DisplayError):
+    with pytest.raises(DisplayError):
         driver.show(frame(32, 16))
 
 
 def test_open_driver_imports_rgbmatrix_from_sys_path(fake, tmp_path):
-    driver, reason = display.open_driver(cfg(driver="rgbmatrix", rows=16, cols=32),
+    driver, reason = open_driver(cfg(driver="rgbmatrix", rows=16, cols=32),
                                          str(tmp_path), root=fake_root(tmp_path, model=None))
     assert reason is None
     assert driver.name == "rgbmatrix"
@@ -319,18 +324,18 @@ def test_open_driver_imports_rgbmatrix_from_sys_path(fake, tmp_path):
 # ---- pre-flight ---------------------------------------------------------------------------
 
 def test_preflight_off_a_pi_skips_the_hardware_checks(fake, tmp_path):
-    checks = by_name(display.preflight(cfg(), root=fake_root(tmp_path, model=None), euid=1000,
+    checks = by_name(preflight(cfg(), root=fake_root(tmp_path, model=None), euid=1000,
                                        module=fake))
     for name in ("platform", "sound_module", "root", "gpio_device"):
         assert (checks[name].status, checks[name].reason) == ("skip", "not a Raspberry Pi")
     for name in ("hardware_mapping", "parallel", "led_rgb_sequence", "geometry", "binding"):
         assert checks[name].status == "pass", name
-    assert display.failed_reason(list(checks.values())) is None
+    assert failed_reason(list(checks.values())) is None
 
 
 def test_preflight_on_a_pi_with_everything_in_place(fake, tmp_path):
-    checks = by_name(display.preflight(cfg(), root=fake_root(tmp_path), euid=0, module=fake))
-    assert checks["platform"] == display.Check("platform", "pass",
+    checks = by_name(preflight(cfg(), root=fake_root(tmp_path), euid=0, module=fake))
+    assert checks["platform"] == Check("platform", "pass",
                                                "Raspberry Pi Zero 2 W Rev 1.0")
     assert all(c.status == "pass" for c in checks.values()), checks
 
@@ -350,18 +355,18 @@ SND = "snd_bcm2835 24576 1 - Live 0x0\nsnd_pcm 1 1 snd_bcm2835, Live 0x0\n"
     ({"devs": ("mem",)}, {}, 0, "gpio_device", "pass"),
 ])
 def test_preflight_hardware_rules(fake, tmp_path, root_keys, cfg_keys, euid, name, status):
-    checks = by_name(display.preflight(cfg(**cfg_keys), root=fake_root(tmp_path, **root_keys),
+    checks = by_name(preflight(cfg(**cfg_keys), root=fake_root(tmp_path, **root_keys),
                                        euid=euid, module=fake))
     assert checks[name].status == status, checks[name]
     if status == "fail":
         assert checks[name].fix
-        assert checks[name].reason in display.failed_reason(list(checks.values()))
+        assert checks[name].reason in failed_reason(list(checks.values()))
     others = [c for c in checks.values() if c.name != name]
     assert all(c.status == "pass" for c in others), others
 
 
 def test_preflight_sound_module_fix_names_both_ways_out(fake, tmp_path):
-    check = by_name(display.preflight(cfg(), root=fake_root(tmp_path, modules=SND), euid=0,
+    check = by_name(preflight(cfg(), root=fake_root(tmp_path, modules=SND), euid=0,
                                       module=fake))["sound_module"]
     assert "snd_bcm2835" in check.reason
     assert "blacklist" in check.fix and "dtparam=audio=off" in check.fix
@@ -379,10 +384,10 @@ def test_preflight_sound_module_fix_names_both_ways_out(fake, tmp_path):
 def test_preflight_config_rules_stop_what_would_kill_the_process(fake, tmp_path, change, name):
     # Values config.py would refuse, as a caller could still hand them over.
     bad = dataclasses.replace(cfg(driver="rgbmatrix"), **change)
-    checks = by_name(display.preflight(bad, root=fake_root(tmp_path, model=None), module=fake))
+    checks = by_name(preflight(bad, root=fake_root(tmp_path, model=None), module=fake))
     assert checks[name].status == "fail"
     assert checks[name].fix
-    driver, reason = display.open_driver(bad, str(tmp_path / "data"),
+    driver, reason = open_driver(bad, str(tmp_path / "data"),
                                          root=fake_root(tmp_path / "x", model=None),
                                          module=fake)
     assert driver.name == "headless"
@@ -402,7 +407,7 @@ def test_fake_exits_where_the_library_would(fake):
 
 def test_preflight_binding_missing(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "rgbmatrix", None)
-    checks = by_name(display.preflight(cfg(), root=fake_root(tmp_path, model=None)))
+    checks = by_name(preflight(cfg(), root=fake_root(tmp_path, model=None)))
     assert checks["binding"].status == "fail"
 
 
@@ -414,7 +419,7 @@ def marker(data_dir) -> Path:
 
 def start(fake, data_dir, root, **keys):
     keys = {"driver": "rgbmatrix", "rows": 16, "cols": 32, **keys}
-    return display.open_driver(cfg(**keys), str(data_dir), root=root, module=fake)
+    return open_driver(cfg(**keys), str(data_dir), root=root, module=fake)
 
 
 def crashing(fake, monkeypatch):
@@ -454,7 +459,7 @@ def test_crashes_in_a_row_end_in_headless_until_reset(fake, tmp_path, monkeypatc
                       "POST /api/display/reset to try again")
     assert ("RGBMatrix",) not in fake.state.calls  # the panel was not tried
     assert marker(data).read_text().strip() == "2"  # still there for the next start
-    display.clear_crash_marker(str(data))
+    clear_crash_marker(str(data))
     driver, reason = start(fake, data, root, max_init_crashes=2)
     assert (driver.name, reason) == ("rgbmatrix", None)
     assert not marker(data).exists()
@@ -468,7 +473,7 @@ def test_marker_found_at_start_counts_as_a_failed_init(fake, tmp_path):
     assert driver.name == "headless"
     assert reason.startswith("panel init crashed 1 time in a row")
     marker(data).write_text("garbage")  # unreadable count: still one failed init
-    assert display.init_crash_count(str(data)) == 1
+    assert init_crash_count(str(data)) == 1
     driver, reason = start(fake, data, root, max_init_crashes=2)
     assert (driver.name, reason) == ("rgbmatrix", None)
     assert not marker(data).exists()
@@ -487,15 +492,15 @@ def test_clean_init_failure_falls_back_without_counting_as_a_crash(fake, tmp_pat
 
 
 def test_clear_crash_marker_without_marker_is_fine(tmp_path):
-    display.clear_crash_marker(str(tmp_path))
-    assert display.init_crash_count(str(tmp_path)) == 0
+    clear_crash_marker(str(tmp_path))
+    assert init_crash_count(str(tmp_path)) == 0
 
 
 # ---- choosing a driver --------------------------------------------------------------------
 
 def test_auto_without_the_binding_runs_headless(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "rgbmatrix", None)
-    driver, reason = display.open_driver(cfg(driver="auto"), str(tmp_path),
+    driver, reason = open_driver(cfg(driver="auto"), str(tmp_path),
                                          root=fake_root(tmp_path, model=None))
     assert driver.name == "headless"
     assert "not installed" in reason
@@ -503,13 +508,13 @@ def test_auto_without_the_binding_runs_headless(monkeypatch, tmp_path):
 
 
 def test_auto_uses_the_binding_when_preflight_passes(fake, tmp_path):
-    driver, reason = display.open_driver(cfg(driver="auto", rows=16, cols=32), str(tmp_path),
+    driver, reason = open_driver(cfg(driver="auto", rows=16, cols=32), str(tmp_path),
                                          root=fake_root(tmp_path), euid=0, module=fake)
     assert (driver.name, reason) == ("rgbmatrix", None)
 
 
 def test_auto_falls_back_when_preflight_fails(fake, tmp_path):
-    driver, reason = display.open_driver(cfg(driver="auto"), str(tmp_path),
+    driver, reason = open_driver(cfg(driver="auto"), str(tmp_path),
                                          root=fake_root(tmp_path, modules=SND), euid=0,
                                          module=fake)
     assert driver.name == "headless"
@@ -521,14 +526,14 @@ def test_auto_falls_back_when_preflight_fails(fake, tmp_path):
     ("headless", None), ("framebuffer", "/dev/fb1 does not exist")])
 def test_headless_and_framebuffer_choices(tmp_path, choice, expected):
     # root: a tree without /dev/fb1 (tests/test_framebuffer.py drives a fake one)
-    driver, reason = display.open_driver(cfg(driver=choice), str(tmp_path), root=str(tmp_path))
+    driver, reason = open_driver(cfg(driver=choice), str(tmp_path), root=str(tmp_path))
     assert driver.name == "headless"
     assert reason == expected if expected is None else expected in reason
 
 
 def test_emulator_missing_falls_back_with_a_reason(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "RGBMatrixEmulator", None)
-    driver, reason = display.open_driver(cfg(driver="emulator"), str(tmp_path))
+    driver, reason = open_driver(cfg(driver="emulator"), str(tmp_path))
     assert driver.name == "headless"
     assert "RGBMatrixEmulator" in reason
 
@@ -544,10 +549,11 @@ def needs_emulator(test):
         test = pytest.mark.capability(test)
     return test
 
+
 EMULATOR_SCRIPT = textwrap.dedent("""
     import json, signal, sys
-    from loop import display
     from loop.config import build
+    from loop.display.emulator import EmulatorDriver
     args = json.loads(sys.argv[1])
     out = {}
     mine = lambda *a: None
@@ -555,7 +561,7 @@ EMULATOR_SCRIPT = textwrap.dedent("""
     signal.signal(signal.SIGINT, mine)
     cfg = build({"display": {"driver": "emulator", "rows": 16, "cols": 32,
                              "brightness": 100}}).display
-    driver = display.EmulatorDriver(cfg, work_dir=args["work_dir"], adapter=args["adapter"])
+    driver = EmulatorDriver(cfg, work_dir=args["work_dir"], adapter=args["adapter"])
     if args.get("port"):
         with open(args["work_dir"] + "/emulator_config.json", "w") as fh:
             json.dump({"display_adapter": "browser", "browser": {"port": args["port"]}}, fh)

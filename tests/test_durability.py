@@ -18,7 +18,8 @@ from conftest import ROOT, Client, gif_bytes, png_bytes, spawn, wait_for, write_
 from mediagen import HAVE_FFMPEG, video_bytes
 from PIL import Image
 
-from loop import frames, store
+from loop.library import store
+from loop.media import frames
 
 ROUNDS = int(os.environ.get("LOOP_TORTURE_ROUNDS", "50"))
 OPEN_LIMITS = {"rate_upload_per_sec": 10000.0, "rate_upload_burst": 10000,

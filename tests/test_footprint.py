@@ -7,7 +7,7 @@ from conftest import ROOT
 
 
 def test_service_modules_do_not_load_ssl_but_ssl_still_imports():
-    code = ("import sys, loop.app; print('ssl' in sys.modules); "
+    code = ("import sys, loop.service.app; print('ssl' in sys.modules); "
             "import ssl; print(ssl.OPENSSL_VERSION_INFO > (0,))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, check=True)

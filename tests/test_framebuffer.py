@@ -13,9 +13,15 @@ import pytest
 from conftest import Client, gif_bytes, wait_for
 from PIL import Image
 
-from loop import display, framebuffer, media, pixels
 from loop.config import build
-from loop.frames import FrameFile
+from loop.display import framebuffer
+from loop.display.base import DisplayError
+from loop.display.factory import open_driver
+from loop.media import pixels
+from loop.media.frames import FrameFile
+from loop.media.geometry import Target
+from loop.media.pixels import frame_image, to_pixels
+from loop.media.render import render as render_upload
 
 PAD = 0xAA  # what the stand-in device is filled with: row padding must keep it
 
@@ -132,7 +138,7 @@ def test_16bpp_frame_lands_pixel_exact_and_keeps_the_row_padding(tmp_path):
     root = fake_fb(tmp_path, width=4, height=3, bpp=16, stride=12)  # 8 bytes + 4 padding
     driver = opened(root)
     assert (driver.width, driver.height, driver.pixel_format) == (4, 3, "RGB565")
-    driver.show(media.to_pixels(palette_image(), driver.pixel_format))
+    driver.show(to_pixels(palette_image(), driver.pixel_format))
     raw = device(root)
     for i, colour in enumerate(COLOURS):
         x, y = i % 4, i // 4
@@ -146,7 +152,7 @@ def test_32bpp_frame_lands_pixel_exact_and_keeps_the_row_padding(tmp_path):
     root = fake_fb(tmp_path, width=4, height=3, bpp=32, stride=20)  # 16 bytes + 4 padding
     driver = opened(root)
     assert driver.pixel_format == "BGRX"
-    driver.show(media.to_pixels(palette_image(), "BGRX"))
+    driver.show(to_pixels(palette_image(), "BGRX"))
     raw = device(root)
     for i, (r, g, b) in enumerate(COLOURS):
         x, y = i % 4, i // 4
@@ -162,7 +168,7 @@ def test_open_blanks_and_close_blanks_only_the_picture(tmp_path):
     driver.show(b"\xff" * 8)
     driver.close()
     assert device(root) == (bytes(4) + bytes([PAD, PAD])) * 2
-    with pytest.raises(display.DisplayError):
+    with pytest.raises(DisplayError):
         driver.show(b"\xff" * 8)
 
 
@@ -185,9 +191,9 @@ def test_rotation_swaps_the_picture_size_and_turns_rendered_media(tmp_path, rota
     img = Image.new("RGB", (320, 240), (0, 0, 255))
     img.paste((255, 0, 0), (0, 0, 160, 120))
     img.save(upload)
-    target = media.Target(driver.width, driver.height, driver.pixel_format, "contain",
+    target = Target(driver.width, driver.height, driver.pixel_format, "contain",
                           driver.rotation)
-    media.render(str(upload), str(tmp_path / "frames.bin"), target, build({}).media)
+    render_upload(str(upload), str(tmp_path / "frames.bin"), target, build({}).media)
     frames = FrameFile(str(tmp_path / "frames.bin"))
     assert (frames.width, frames.height, frames.pixel_format) == (320, 240, "RGB565")
     driver.show(frames.frame(0))
@@ -199,7 +205,7 @@ def test_rotation_swaps_the_picture_size_and_turns_rendered_media(tmp_path, rota
     assert struct.unpack_from("<H", raw, (corner[1] * 240 + corner[0]) * 2)[0] == red
     assert struct.unpack_from("<H", raw, (far[1] * 240 + far[0]) * 2)[0] == blue
     # the preview and thumbnails come back upright
-    upright = media.frame_image(frames.frame(0), 320, 240, "RGB565", rotation)
+    upright = frame_image(frames.frame(0), 320, 240, "RGB565", rotation)
     assert upright.getpixel((0, 0)) == (255, 0, 0) and upright.getpixel((319, 239)) == \
         (0, 0, 255)
     frames.close()
@@ -217,8 +223,8 @@ def test_item_budget_counts_the_framebuffer_frame_size(tmp_path):
     gif.write_bytes(gif_bytes(colours=[(i * 6, 0, 0) for i in range(40)], delays=[50] * 40,
                               size=(32, 24)))
     small = build({"media": {"max_item_mb": 1.0}}).media
-    rendered = media.render(str(gif), str(tmp_path / "f.bin"),
-                            media.Target(320, 240, "RGB565"), small)
+    rendered = render_upload(str(gif), str(tmp_path / "f.bin"),
+                            Target(320, 240, "RGB565"), small)
     assert rendered.frames <= 7
     assert any("max_item_mb" in note for note in rendered.notes)
     assert os.path.getsize(tmp_path / "f.bin") <= 1024 * 1024
@@ -230,7 +236,7 @@ def test_backlight_takes_the_brightness_and_frames_stay_a_plain_copy(tmp_path):
     root = fake_fb(tmp_path, width=4, height=3, backlight=("fb_ili9341", 255))
     driver = opened(root)
     assert driver.brightness_mode == "backlight"
-    frame = media.to_pixels(palette_image(), "RGB565")
+    frame = to_pixels(palette_image(), "RGB565")
     driver.set_brightness(50)
     assert brightness_file(root) == "128\n"
     driver.show(frame)
@@ -271,7 +277,7 @@ def test_software_brightness_scales_a_copy_and_redraws_the_current_frame(tmp_pat
     root = fake_fb(tmp_path, width=4, height=3, backlight=None)
     driver = opened(root, brightness=100)
     assert driver.brightness_mode == "software"
-    frame = media.to_pixels(palette_image(), "RGB565")
+    frame = to_pixels(palette_image(), "RGB565")
     half = pixels.scale(frame, 4, 3, "RGB565", 50)
     driver.show(frame)
     assert device(root) == frame  # 100 %: a plain copy
@@ -282,7 +288,7 @@ def test_software_brightness_scales_a_copy_and_redraws_the_current_frame(tmp_pat
     driver.set_brightness(100)
     assert device(root) == frame  # the unscaled frame was kept
     driver.set_brightness(50)
-    other = media.to_pixels(Image.new("RGB", (4, 3), (255, 255, 255)), "RGB565")
+    other = to_pixels(Image.new("RGB", (4, 3), (255, 255, 255)), "RGB565")
     driver.show(other)
     assert device(root) == pixels.scale(other, 4, 3, "RGB565", 50)
     driver.clear()
@@ -293,7 +299,7 @@ def test_software_brightness_scales_a_copy_and_redraws_the_current_frame(tmp_pat
 def test_software_brightness_scales_rotated_frames_too(tmp_path):
     root = fake_fb(tmp_path, width=3, height=4, bpp=32, backlight=None)
     driver = opened(root, rotation=90, framebuffer_backlight="none")
-    frame = media.to_pixels(palette_image(4, 3), "BGRX", 90)
+    frame = to_pixels(palette_image(4, 3), "BGRX", 90)
     driver.set_brightness(50)
     driver.show(frame)
     assert device(root) == pixels.scale(frame, 3, 4, "BGRX", 50)
@@ -380,7 +386,7 @@ def test_each_preflight_failure_has_a_clear_reason_and_fix(tmp_path, kind, check
     assert needle in checks[check].reason
     assert fix in checks[check].fix
     # and the service runs headless with that reason instead of failing
-    driver, reason = display.open_driver(cfg(**keys), str(tmp_path / "data"), root=root)
+    driver, reason = open_driver(cfg(**keys), str(tmp_path / "data"), root=root)
     assert driver.name == "headless" and needle in reason
 
 
@@ -422,7 +428,7 @@ def test_unwritable_backlight_falls_back_to_software_brightness(tmp_path):
 
 def test_failed_framebuffer_falls_back_at_the_expected_size(tmp_path):
     keys = {"framebuffer_width": 320, "framebuffer_height": 240}
-    driver, reason = display.open_driver(cfg(**keys), str(tmp_path), root=str(tmp_path))
+    driver, reason = open_driver(cfg(**keys), str(tmp_path), root=str(tmp_path))
     assert driver.name == "headless" and (driver.width, driver.height) == (320, 240)
     assert "does not exist" in reason
 

@@ -5,8 +5,8 @@ import struct
 
 import pytest
 
-from loop import frames
-from loop.frames import FrameFile, FrameFileError, FrameWriter, Header
+from loop.media import frames
+from loop.media.frames import FrameFile, FrameFileError, FrameWriter, Header
 
 
 def write(path, count=3, width=4, height=2, durations=None):

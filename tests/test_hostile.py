@@ -22,7 +22,7 @@ from mediagen import (
 )
 from PIL import Image
 
-from loop.app import App
+from loop.service.app import App
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from rawhttp import (
 )
 
 from loop import config
-from loop.ratelimit import RateLimiter, rate_classes
+from loop.http.ratelimit import RateLimiter, rate_classes
 
 MiB = 1024 * 1024
 
@@ -431,6 +431,8 @@ def test_access_log_one_line_per_request_polling_counted(make_app, caplog):
     with caplog.at_level(logging.INFO, logger="loop.access"):
         for _ in range(5):
             client.get("/api/poll/status")
+            client.get("/api/display/frame.png")  # an open dashboard's live preview
+        client.get("/")
         client.post("/api/playback/pause")
         client.get("/api/nothing")
         # refused before the rate limiter: counted, not a line each

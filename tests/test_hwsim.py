@@ -35,10 +35,10 @@ def test_the_process_sees_a_pi_zero_2_w_without_dev_mem(pi):
     values = ok(pi.run(f"""
 import os, subprocess, sys
 sys.path.insert(0, {str(ROOT)!r})
-from loop import display
+from loop.display import preflight
 step("revision", lambda: [l for l in open("/proc/cpuinfo") if l.startswith("Revision")])
 step("dt revision", lambda: open("/proc/device-tree/system/linux,revision", "rb").read().hex())
-step("model", lambda: display.pi_model("/"))
+step("model", lambda: preflight.pi_model("/"))
 step("gpiomem", lambda: (os.path.exists("/dev/gpiomem"),
                          os.access("/dev/gpiomem", os.R_OK | os.W_OK)))
 step("mem", lambda: (os.path.exists("/dev/mem"), os.access("/dev/mem", os.R_OK | os.W_OK)))
@@ -166,7 +166,7 @@ def test_the_gpio18_mappings_exit_over_the_sound_module(tmp_path):
 
 @pytest.mark.parametrize("name", ["panel_type", "pixel_mapper_config"])
 def test_reading_an_unset_string_option_is_sigsegv(pi, name):
-    """What `hasattr(options, key)` in loop/display.py _build_options does to every start."""
+    """What `hasattr(options, key)` in _build_options (loop/display/rgbmatrix.py) did."""
     result = pi.run(f"""
 from rgbmatrix import RGBMatrixOptions
 step("hasattr", lambda: hasattr(RGBMatrixOptions(), {name!r}))
@@ -174,16 +174,17 @@ step("hasattr", lambda: hasattr(RGBMatrixOptions(), {name!r}))
     assert (result.signal, result.steps) == ("SIGSEGV", [])
 
 
-@pytest.mark.xfail(strict=True, reason="loop/display.py _build_options probes the options "
-                   "with hasattr(), which reads panel_type while it is NULL: SIGSEGV (issue "
-                   "15); when the driver is fixed this passes: remove the marker")
+@pytest.mark.xfail(strict=True, reason="loop/display/rgbmatrix.py _build_options probes the "
+                   "options with hasattr(), which reads panel_type while it is NULL: SIGSEGV "
+                   "(issue 15); when the driver is fixed this passes: remove the marker")
 def test_loop_rgbmatrix_driver_opens_the_real_panel(pi):
     result = pi.run(f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
-from loop import config, display
+from loop import config
+from loop.display.rgbmatrix import RGBMatrixDriver
 cfg = config.build({{"display": {{"driver": "rgbmatrix", "rows": 32, "cols": 64}}}}).display
-driver = display.RGBMatrixDriver(cfg)
+driver = RGBMatrixDriver(cfg)
 step("open", driver.open)
 step("show", lambda: driver.show(bytes(64 * 32 * 3)))
 step("brightness", lambda: driver.set_brightness(0))

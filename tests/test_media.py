@@ -9,10 +9,15 @@ from conftest import Client, gif_bytes, png_bytes, wait_for
 from mediagen import gif_many_frames, open_upload, read_reply
 from PIL import Image, features
 
-from loop import config, media
-from loop.frames import FrameFile
-from loop.maintenance import render_key
-from loop.uploads import Jobs
+from loop import config
+from loop.library.jobs import Jobs
+from loop.library.maintenance import render_key
+from loop.media.errors import MediaError
+from loop.media.frames import FrameFile
+from loop.media.geometry import Target
+from loop.media.image import IMAGE_FORMATS, count_gif_frames
+from loop.media.pixels import frame_image
+from loop.media.render import render as render_upload
 
 R, G, B, W, K = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 MEDIA = config.defaults().media
@@ -24,7 +29,7 @@ def render(tmp_path, data: bytes, fit="contain", size=(64, 32), cfg=MEDIA, name=
     out = tmp_path / f"{name}.frames"
     if out.exists():
         out.unlink()
-    rendered = media.render(str(src), str(out), media.Target(*size, fit=fit), cfg)
+    rendered = render_upload(str(src), str(out), Target(*size, fit=fit), cfg)
     return rendered, FrameFile(str(out))
 
 
@@ -96,14 +101,14 @@ def test_exif_orientation_turns_photos_upright(tmp_path):
     img.save(out, "JPEG", exif=exif, quality=95)
     rendered, frames = render(tmp_path, out.getvalue(), "contain")
     assert (rendered.width, rendered.height) == (40, 80)
-    shown = media.frame_image(frames.frame(0), 64, 32)
+    shown = frame_image(frames.frame(0), 64, 32)
     top, bottom = shown.getpixel((32, 4)), shown.getpixel((32, 28))
     assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
     assert shown.getpixel((2, 16)) == K  # a tall photo is pillarboxed
 
 
 @pytest.mark.capability
-@pytest.mark.skipif("AVIF" not in media.IMAGE_FORMATS or not features.check("avif"),
+@pytest.mark.skipif("AVIF" not in IMAGE_FORMATS or not features.check("avif"),
                     reason="this Pillow has no AVIF codec")
 def test_avif_is_accepted(client):
     out = io.BytesIO()
@@ -134,7 +139,7 @@ def test_animation_budget_lowers_the_rate_then_says_so(tmp_path):
 def test_pillow_bomb_warning_is_an_error(tmp_path):
     # 40x40 = 1600 pixels: over the limit (1000) but under 2x, where Pillow only warns
     cfg = config.defaults().replace(**{"media.max_pixels": 1000}).media
-    with pytest.raises(media.MediaError) as err:
+    with pytest.raises(MediaError) as err:
         render(tmp_path, png_bytes(size=(40, 40)), cfg=cfg)
     assert err.value.status == 422 and "media.max_pixels" in err.value.message
 
@@ -143,11 +148,11 @@ def test_gif_frames_are_counted_without_walking_them_all(tmp_path):
     path = tmp_path / "many.gif"
     path.write_bytes(gif_many_frames(100_000))
     started = time.monotonic()
-    assert media.count_gif_frames(str(path), 20_000) == 20_001
+    assert count_gif_frames(str(path), 20_000) == 20_001
     assert time.monotonic() - started < 2
     small = tmp_path / "small.gif"
     small.write_bytes(gif_bytes())
-    assert media.count_gif_frames(str(small), 100) == Image.open(small).n_frames == 3
+    assert count_gif_frames(str(small), 100) == Image.open(small).n_frames == 3
 
 
 # ---- limits before the work -------------------------------------------------------------
@@ -304,7 +309,7 @@ def test_fit_change_re_renders_with_jobs(app, client):
            for n in range(1)] + [item_id(client.post("/api/media?name=g.gif",
                                                     body=gif_bytes(size=(16, 16))))]
     assert client.put("/api/display", json_body={"fit": "stretch"}).status == 200
-    wait_for(lambda: not app.maintenance.running, timeout=10)
+    wait_for(lambda: not app.jobs.active, timeout=10)
     assert all(app.store.view.get(i)["render"]["fit"] == "stretch" for i in ids)
     frames = FrameFile(app.store.frames_path(ids[0]))
     assert bytes(frames.frame(0)) == bytes(R) * 64 * 32  # no letterbox any more
@@ -320,7 +325,7 @@ def test_items_wait_until_rendered(app, client):
     first = item_id(client.post("/api/media?name=a.png", body=png_bytes((9, 9, 9))))
     wait_for(lambda: app.player.status.item == first)
     for _ in range(app.cfg.processing.max_concurrent_jobs):  # every slot busy
-        app.slots.acquire()
+        app.job_slots.acquire()
     try:
         assert client.put("/api/display", json_body={"fit": "cover"}).status == 200
         assert app.store.view.pending == {first}
@@ -334,7 +339,7 @@ def test_items_wait_until_rendered(app, client):
         assert client.post("/api/media?name=b.png", body=png_bytes()).status == 503
     finally:
         for _ in range(app.cfg.processing.max_concurrent_jobs):
-            app.slots.release()
+            app.job_slots.release()
     wait_for(lambda: app.player.status.item == first and app.player.status.state == "playing")
     assert app.store.view.get(first)["render"]["fit"] == "cover"
 

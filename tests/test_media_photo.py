@@ -4,10 +4,14 @@ import io
 
 from PIL import Image
 
-from loop import config, media
-from loop.frames import FrameFile
+from loop import config
+from loop.media.frames import FrameFile
+from loop.media.geometry import Target
+from loop.media.image import EXIF_ORIENTATION, open_image, upright_still
+from loop.media.pixels import frame_image
+from loop.media.render import render as render_upload
 
-TARGET = media.Target(64, 32)
+TARGET = Target(64, 32)
 
 
 def halves_jpeg(size, left, right, orientation=None) -> bytes:
@@ -16,7 +20,7 @@ def halves_jpeg(size, left, right, orientation=None) -> bytes:
     kwargs = {}
     if orientation:
         exif = Image.Exif()
-        exif[media.EXIF_ORIENTATION] = orientation
+        exif[EXIF_ORIENTATION] = orientation
         kwargs["exif"] = exif
     out = io.BytesIO()
     img.save(out, "JPEG", quality=95, **kwargs)
@@ -26,15 +30,15 @@ def halves_jpeg(size, left, right, orientation=None) -> bytes:
 def test_big_jpeg_is_decoded_at_a_reduced_scale_but_reports_its_size(tmp_path):
     path = tmp_path / "photo.jpg"
     path.write_bytes(halves_jpeg((4000, 3000), (250, 0, 0), (0, 0, 250)))
-    with media.open_image(str(path), 40_000_000) as img:
-        still, size = media.upright_still(img, TARGET)
+    with open_image(str(path), 40_000_000) as img:
+        still, size = upright_still(img, TARGET)
         assert size == (4000, 3000)
         assert still.size == (500, 375)  # 1/8 scale: still far above the panel
-    rendered = media.render(str(path), str(tmp_path / "frames.bin"), TARGET,
+    rendered = render_upload(str(path), str(tmp_path / "frames.bin"), TARGET,
                             config.defaults().media)
     assert (rendered.width, rendered.height, rendered.frames) == (4000, 3000, 1)
     frames = FrameFile(str(tmp_path / "frames.bin"))
-    image = media.frame_image(frames.frame(0), 64, 32)
+    image = frame_image(frames.frame(0), 64, 32)
     frames.close()
     # contain: 4:3 letterboxed to 43x32, red on the left, blue on the right
     left, right = image.getpixel((20, 16)), image.getpixel((44, 16))
@@ -46,8 +50,8 @@ def test_big_jpeg_is_decoded_at_a_reduced_scale_but_reports_its_size(tmp_path):
 def test_small_jpeg_is_not_reduced(tmp_path):
     path = tmp_path / "small.jpg"
     path.write_bytes(halves_jpeg((300, 200), (250, 0, 0), (0, 0, 250)))
-    with media.open_image(str(path), 40_000_000) as img:
-        still, size = media.upright_still(img, TARGET)
+    with open_image(str(path), 40_000_000) as img:
+        still, size = upright_still(img, TARGET)
         assert still.size == size == (300, 200)
 
 
@@ -55,8 +59,8 @@ def test_exif_rotated_photo_stands_upright_with_its_upright_size(tmp_path):
     path = tmp_path / "phone.jpg"
     # stored landscape, orientation 6: shown rotated 90 degrees clockwise (portrait)
     path.write_bytes(halves_jpeg((2000, 1000), (250, 0, 0), (0, 0, 250), orientation=6))
-    with media.open_image(str(path), 40_000_000) as img:
-        still, size = media.upright_still(img, TARGET)
+    with open_image(str(path), 40_000_000) as img:
+        still, size = upright_still(img, TARGET)
         assert size == (1000, 2000)
         assert still.width < still.height
         # clockwise: the stored left (red) half ends up on top

@@ -8,9 +8,9 @@ import socket
 import pytest
 from conftest import Client, gif_bytes, make_config, png_bytes, wait_for
 
-from loop import metrics
-from loop.app import App
-from loop.display import HeadlessDriver
+from loop.display.headless import HeadlessDriver
+from loop.http import metrics
+from loop.service.app import App
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL = r"[a-zA-Z_][a-zA-Z0-9_]*"

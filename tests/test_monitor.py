@@ -12,15 +12,12 @@ import pytest
 from conftest import Client, png_bytes, wait_for
 
 from loop import config
-from loop.monitor import (
-    HISTORY,
-    Sample,
-    assess,
+from loop.system.monitor import HISTORY, Sample, assess, shed_reason
+from loop.system.soc import (
     parse_throttled,
     read_temperature,
     read_throttled_sysfs,
     read_throttled_vcgencmd,
-    shed_reason,
     throttle_flags,
 )
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import FAKE_RGBMATRIX, Client, gif_bytes, png_bytes, wait_for, write_config
 from PIL import Image
 
-from loop import display, screens
+from loop.display.guard import MARKER_NAME
+from loop.media import screens
 
 PANEL = {"display.driver": "rgbmatrix", "display.breaker_max_failures": 2,
          "display.breaker_reset_sec": 0.2, "display.breaker_max_reset_sec": 0.4,
@@ -108,7 +109,7 @@ def test_brightness_redraws_and_zero_clears(make_app, fake):
 def test_crash_marker_starts_headless_until_reset(make_app, fake, tmp_path):
     data_dir = tmp_path / "data"
     os.makedirs(data_dir, exist_ok=True)
-    (data_dir / display.MARKER_NAME).write_text("2")
+    (data_dir / MARKER_NAME).write_text("2")
     app = make_app(module=fake, **PANEL)
     client = Client(app.server.port)
     assert app.driver.name == "headless"
@@ -118,7 +119,7 @@ def test_crash_marker_starts_headless_until_reset(make_app, fake, tmp_path):
     reply = client.post("/api/display/reset")
     assert reply.status == 200 and reply.data["restarting"] is False
     assert "restart" in reply.json["message"]
-    assert not (data_dir / display.MARKER_NAME).exists()
+    assert not (data_dir / MARKER_NAME).exists()
 
 
 def test_reset_under_systemd_restarts_with_status_75(tmp_path, services):

@@ -7,10 +7,10 @@ import time
 import pytest
 from conftest import make_config, wait_for
 
-from loop import screens
-from loop.frames import FrameWriter
-from loop.player import Player
-from loop.store import Store, now_iso
+from loop.library.store import Store, now_iso
+from loop.media import screens
+from loop.media.frames import FrameWriter
+from loop.playback.player import Player
 
 
 class RecordingDriver:
@@ -279,3 +279,14 @@ def test_items_waiting_for_a_render_are_not_called_no_media(rig):
     wait_for(lambda: driver.shows)
     expected = screens.render(["Preparing media"], 4, 2).tobytes()
     assert bytes(player.preview[0].frame(0)) == expected
+
+
+def test_status_says_starting_during_the_boot_screen_then_plays(rig):
+    store, driver, player = rig()
+    add_item(store, 1, [100, 100])
+    player.screen(["LOOP", "10.0.0.7"], 2.0)  # queued before the thread starts, as App does
+    player.start()
+    assert wait_for(lambda: player.status.state == "starting", timeout=2)
+    assert player.status.item is None
+    wait_for(lambda: player.status.state == "playing", timeout=10)
+    assert player.status.item == f"{1:016x}"

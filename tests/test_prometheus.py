@@ -58,7 +58,7 @@ def test_rules_cover_the_issue_and_use_only_real_metric_names(app):
     names = set(re.findall(r"^# TYPE (loop_[a-z0-9_]+) ", exposed, re.M))
     # exposed only where the hardware has them (a SoC sensor, the firmware's flags)
     conditional = {"loop_soc_temperature_celsius", "loop_firmware_throttled"}
-    with open(os.path.join(ROOT, "loop", "metrics.py")) as fh:
+    with open(os.path.join(ROOT, "loop", "http", "metrics.py")) as fh:
         source = fh.read()
     names |= {name for name in conditional if f'"{name}"' in source}
     assert used and used <= names, sorted(used - names)

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from loop.ratelimit import RateLimiter
+from loop.http.ratelimit import RateLimiter
 
 
 class FakeClock:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from loop.sdnotify import Notifier
+from loop.system.sdnotify import Notifier
 
 
 @pytest.fixture

@@ -16,8 +16,11 @@ import pytest
 from conftest import FAKE_RGBMATRIX, ROOT, make_config
 from test_framebuffer import fake_fb
 
-from loop import display, framebuffer, pixels, selftest
-from loop.app import App
+from loop.display import framebuffer
+from loop.display.guard import MARKER_NAME, PanelLock, panel_lock_holder
+from loop.media import pixels
+from loop.service import selftest
+from loop.service.app import App
 
 FAKE_SYSTEMCTL = """#!/bin/sh
 echo "$*" >> "$FAKE_SYSTEMCTL_LOG"
@@ -222,7 +225,7 @@ def test_health_facts(tmp_path, temp, throttled, kb, name, status, needle):
 def test_crash_marker_is_reported(tmp_path):
     cfg = make_config(tmp_path)
     os.makedirs(cfg.system.data_dir)
-    Path(cfg.system.data_dir, display.MARKER_NAME).write_text("2\n")
+    Path(cfg.system.data_dir, MARKER_NAME).write_text("2\n")
     checks, _ = selftest.health_checks(cfg, _health_root(tmp_path))
     marker = {c.name: c for c in checks}["crash_marker"]
     assert marker.status == "fail" and "POST /api/display/reset" in marker.fix
@@ -262,7 +265,7 @@ def test_stop_service_stops_it_for_the_test_and_starts_it_again(tmp_path):
 
 def test_refuses_while_another_process_holds_the_panel_lock(tmp_path):
     env = Env(tmp_path)
-    lock = display.PanelLock(str(env.data))
+    lock = PanelLock(str(env.data))
     assert lock.acquire() is None
     try:
         for extra in ((), ("--stop-service",)):
@@ -278,7 +281,7 @@ def test_refuses_while_another_process_holds_the_panel_lock(tmp_path):
 def test_service_runs_headless_while_a_selftest_holds_the_panel(tmp_path, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
-    lock = display.PanelLock(str(data))
+    lock = PanelLock(str(data))
     assert lock.acquire() is None
     monkeypatch.syspath_prepend(FAKE_RGBMATRIX)
     import rgbmatrix
@@ -297,12 +300,12 @@ def test_service_runs_headless_while_a_selftest_holds_the_panel(tmp_path, monkey
     app.start()
     try:
         assert app.driver.name == "rgbmatrix"
-        assert display.panel_lock_holder(str(data)) == os.getpid()
+        assert panel_lock_holder(str(data)) == os.getpid()
     finally:
         app.stop()
         rgbmatrix.reset()
         sys.modules.pop("rgbmatrix", None)
-    assert display.panel_lock_holder(str(data)) is None
+    assert panel_lock_holder(str(data)) is None
 
 
 def test_selftest_flags_need_selftest(tmp_path):
@@ -313,3 +316,38 @@ def test_selftest_flags_need_selftest(tmp_path):
                           capture_output=True, text=True, timeout=30)
     for flag in ("--selftest", "--json", "--stop-service", "--pattern-sec"):
         assert flag in proc.stdout
+
+
+def test_off_a_pi_a_missing_binding_is_expected_and_the_report_says_what_needs_the_pi(
+        tmp_path):
+    cfg = make_config(tmp_path, **{"display.driver": "rgbmatrix"})
+    out = io.StringIO()
+    no_binding = sys.modules.get("rgbmatrix", False)
+    sys.modules["rgbmatrix"] = None  # `import rgbmatrix` fails, as on a machine without it
+    try:
+        status = selftest.main(cfg, args(json=False), root=str(tmp_path), isolate=False,
+                               out=out, err=io.StringIO())
+    finally:
+        if no_binding is False:
+            del sys.modules["rgbmatrix"]
+        else:
+            sys.modules["rgbmatrix"] = no_binding
+    text = out.getvalue()
+    assert status == 0, text
+    assert "SKIP  binding" in text and "make install` builds it on the Pi" in text
+    assert "Not a Raspberry Pi" in text and "sudo make selftest" in text
+    assert "PASS  init" not in text  # the panel part is left out, not faked
+    assert "RESULT: OK" in text
+
+
+def test_make_selftest_off_a_pi_uses_the_project_tree(tmp_path):
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    if not os.path.exists(os.path.join(venv, ".installed-run")):
+        pytest.skip("not running from a venv the Makefile made (make test does)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOP_")}
+    env.update(PREFIX=str(tmp_path / "not-installed"), VENV=venv)
+    done = subprocess.run(["make", "-s", "selftest", f"VENV={venv}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "self-test" in done.stdout and "Not a Raspberry Pi" in done.stdout
+    assert "ModuleNotFoundError" not in done.stderr and "/etc/loop" not in done.stderr

@@ -6,8 +6,9 @@ import os
 import pytest
 from test_player import add_item
 
-from loop.media import MediaError
-from loop.store import Store, valid_id, write_json_atomic
+from loop.durable import write_json_atomic
+from loop.library.store import Store, valid_id
+from loop.media.errors import MediaError
 
 DEFAULTS = {"brightness": 80, "fit": "contain", "mode": "all", "current": None}
 

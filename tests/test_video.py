@@ -17,8 +17,13 @@ from mediagen import (
 )
 from PIL import Image
 
-from loop import config, media, video
-from loop.frames import FrameFile
+from loop import config
+from loop.media import video
+from loop.media.errors import MediaError
+from loop.media.frames import FrameFile
+from loop.media.geometry import Target, fit_image
+from loop.media.pixels import to_pixels
+from loop.media.render import render as render_upload
 
 pytestmark = needs_ffmpeg
 PANEL = 64 * 32 * 3
@@ -139,13 +144,13 @@ def test_video_fit_modes_are_pixel_exact(tmp_path, container, fit, source, want)
     path = tmp_path / f"in.{container}"
     path.write_bytes(lossless_video(source, container))
     out = str(tmp_path / "frames.bin")
-    rendered = media.render(str(path), out, media.Target(64, 32, fit=fit),
+    rendered = render_upload(str(path), out, Target(64, 32, fit=fit),
                             config.defaults().media)
     assert rendered.kind == "video" and rendered.frames == 2
     frames = FrameFile(out)
     assert bytes(frames.frame(0)) == want
     # images and videos share the geometry: the Pillow path gives the same pixels
-    assert media.fit_image(source, media.Target(64, 32, fit=fit)).tobytes() == want
+    assert fit_image(source, Target(64, 32, fit=fit)).tobytes() == want
 
 
 def test_without_ffmpeg_videos_get_415_and_images_still_work(make_app, tmp_path):
@@ -232,7 +237,7 @@ def test_sniff_decides_from_bytes(tmp_path):
     avif_like = tmp_path / "x.mp4"
     avif_like.write_bytes(b"\x00\x00\x00\x1cftypavif" + b"\x00" * 40)
     assert video.sniff(str(avif_like)) is None  # still images go to Pillow
-    with pytest.raises(media.MediaError) as err:
+    with pytest.raises(MediaError) as err:
         video.probe("ffprobe", str(avif_like), video.Container("hls", "mp4"),
                     time.monotonic() + 5)
     assert err.value.status == 415
@@ -275,9 +280,9 @@ def test_video_frames_are_packed_like_images(tmp_path, pixel_format, rotation):
     path = tmp_path / "in.avi"
     path.write_bytes(lossless_video(source, "avi"))
     out = str(tmp_path / "frames.bin")
-    target = media.Target(64, 32, pixel_format, "contain", rotation)
-    media.render(str(path), out, target, config.defaults().media)
+    target = Target(64, 32, pixel_format, "contain", rotation)
+    render_upload(str(path), out, target, config.defaults().media)
     frames = FrameFile(out)
     assert frames.pixel_format == pixel_format
-    want = media.to_pixels(media.fit_image(source, target), pixel_format, rotation)
+    want = to_pixels(fit_image(source, target), pixel_format, rotation)
     assert bytes(frames.frame(0)) == want

@@ -4,7 +4,7 @@ import os
 import sys
 import time
 
-from loop import video
+from loop.media import video
 
 
 def test_child_runs_niced_and_its_threads_inherit_it():

@@ -17,7 +17,7 @@ import time
 import pytest
 from conftest import FAKE_RGBMATRIX, Client, gif_bytes, wait_for, write_config
 
-from loop.display import HeadlessDriver
+from loop.display.headless import HeadlessDriver
 
 WATCHDOG_USEC = 300_000
 PING_SEC = WATCHDOG_USEC / 3e6
@@ -148,7 +148,7 @@ def test_a_hung_display_thread_stops_the_pings_until_it_recovers(start_app, rece
                                                                    caplog, monkeypatch):
     # a display thread that waits for commands longer than the stale limit is idle, not
     # stuck: the monitor pokes it with a no-op command and it answers
-    monkeypatch.setattr("loop.player.IDLE_WAKE_SEC", 30.0)
+    monkeypatch.setattr("loop.playback.player.IDLE_WAKE_SEC", 30.0)
     driver = HangableDriver()
     app = start_app(driver=driver, environ=systemd_env(receiver))
     client = Client(app.server.port)

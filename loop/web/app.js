@@ -1,49 +1,64 @@
 /* LOOP dashboard: plain JavaScript, no framework, no build step, no external resources.
- * It only talks to the JSON API (DESIGN.md "HTTP API") and works under the server's CSP
+ * It only talks to the JSON API (README "HTTP API") and works under the server's CSP
  * (no inline script or style, no eval; element.style is set from here only).
  *
  * ---------------------------------------------------------------------------------------
- * Test contract: stable hooks used by tests/test_dashboard.py (do not rename casually)
+ * Test contract: stable hooks used by tests/test_dashboard*.py (do not rename casually)
  * ---------------------------------------------------------------------------------------
  *   body[data-ready="1"]        set once the first status and library have been shown
- *   #conn-state                 data-state = connecting | ok | reconnecting; text says which
+ *   body[data-conn]             connecting | ok | offline (CSS greys the .live panels)
+ *   #conn-state                 data-state = connecting | ok | offline; text "Connected" or
+ *                               "Offline since HH:MM" (24-hour, the device's time zone)
+ *   #offline-banner             shown while offline: #offline-text says when the next try
+ *                               is; #offline-retry tries at once
  *   #degraded-banner            [hidden] unless health.status != "ok" or
  *                               status.display.status == "degraded"; #degraded-reason = why
  *   #token-overlay/#token-form  shown after a 401; #token-input, #token-submit, #token-cancel,
  *                               #token-message; #token-open opens it by hand
- *   #message                    toast with the last action's error or notice
+ *   #message                    toast with the last action's error or notice; hidden as soon
+ *                               as the next action starts
  *   #preview  (data-testid=preview)  <img>, src is a blob: URL of /api/display/frame.png;
  *                               data-item, data-frame, data-seq (bumps on every new image)
  *   #current-name (current-name) current item's name;  #player-state (player-state)
  *   #btn-prev, #btn-play, #btn-next   (same data-testid); #btn-play text Play|Pause,
  *                               data-state = playing | paused | idle
  *   #mode-select                <select> all | one | shuffle
+ *   #fit-select                 <select> contain | cover | stretch (PUT /api/display)
  *   #brightness                 <input type=range 0..100>; #brightness-value shows it
  *   #file-input                 <input type=file multiple>; #drop-zone accepts dropped files
  *   #upload-list                rows li[data-testid=upload-row][data-upload-id][data-name]
  *                               [data-state = queued|uploading|processing|retrying|waiting|
- *                               done|failed|cancelled]
+ *                               done|failed|cancelled], running rows first, then queued ones
+ *                               in pick order, then finished ones (newest first)
  *                               children: [data-testid=upload-status] plain-words text,
  *                               [data-testid=upload-progress] <progress>,
- *                               [data-testid=upload-cancel] / [data-testid=upload-retry] /
- *                               [data-testid=upload-dismiss]
+ *                               [data-testid=upload-cancel] / [data-testid=upload-retry]
+ *                               (only when retrying can help) / [data-testid=upload-dismiss]
  *                               server-side jobs not started here: li[data-testid=job-row]
  *   #library                    holds ul#library-loop (loop order) and ul#library-other
+ *   #library-empty              shown when there are no items; #library-empty-add opens the
+ *                               file picker
  *   item cards                  li[data-testid=item-card][data-id][data-in-loop=true|false]
- *                               [data-current=true|false]; inside:
+ *                               [data-current=true|false][data-sheet=rename|timing|""]; inside:
  *                               [data-testid=item-thumb] <img loading=lazy>,
- *                               [data-testid=item-name], [data-testid=item-up],
- *                               [data-testid=item-down], [data-testid=item-toggle]
- *                               (aria-pressed = in loop), [data-testid=item-show],
- *                               [data-testid=item-rename] -> [data-testid=item-rename-input],
- *                               [data-testid=item-rename-save], [data-testid=item-rename-cancel],
- *                               [data-testid=item-download] <a>, [data-testid=item-delete]
- *                               (asks window.confirm first)
- *   #library-empty              shown when there are no items
+ *                               [data-testid=item-name], [data-testid=item-timing-summary],
+ *                               [data-testid=item-up], [data-testid=item-down],
+ *                               [data-testid=item-toggle] (aria-pressed = in loop),
+ *                               [data-testid=item-show], [data-testid=item-download] <a>,
+ *                               [data-testid=item-delete] (asks window.confirm first),
+ *                               [data-testid=item-rename] opens a full-width form:
+ *                                 item-rename-input, item-rename-save, item-rename-cancel,
+ *                                 item-rename-message;
+ *                               [data-testid=item-timing] opens the play-time form:
+ *                                 item-loop-count (animations only), item-duration,
+ *                                 item-timing-save, item-timing-cancel, item-timing-message
  *   #health-status              data-status = ok | degraded | failing | unknown
- *   #health-checks              li[data-check=<name>][data-status]
- *   #health-memory #health-cpu #health-temp #health-disk #health-uptime #health-breaker
- *   #chart-rss #chart-cpu #chart-temp   <svg> sparklines (data-points = samples drawn)
+ *   #health-verdict             one sentence; #health-memory #health-disk #health-temp
+ *                               #health-panel-state: the four facts, in MB/GB and °C
+ *   #health-details             <details>: #health-rss #health-cpu #health-temp-detail
+ *                               #health-uptime #health-breaker, #chart-rss #chart-cpu
+ *                               #chart-temp <svg> (data-points = samples drawn) and
+ *                               #health-checks li[data-check=<name>][data-status]
  *   #schedule-panel #maintenance-panel  filled by operator.js (its own list of hooks is at
  *                               the top of that file)
  * ---------------------------------------------------------------------------------------
@@ -52,9 +67,11 @@
  *   /api/poll/status    every 2 s, If-None-Match with the weak ETag (304 = unchanged)
  *   /api/poll/progress  every 1 s, only while uploads run here or status.jobs_active > 0
  *   /api/poll/health    every 10 s
- * A network failure (or a proxy 502/504) puts #conn-state into "reconnecting" and the
- * pollers back off exponentially (1 s .. 30 s, jittered); the first success anywhere
- * recovers everything without a page reload.
+ *   /api/display        at start, after a reconnect and every minute (for the fit, which
+ *                       the status snapshot does not carry)
+ * A network failure (or a proxy 502/504) puts the page offline: live state is greyed, the
+ * pill says since when, and the pollers back off exponentially (1 s .. 30 s, jittered); the
+ * first success anywhere recovers everything without a page reload.
  */
 (function () {
   "use strict";
@@ -66,14 +83,13 @@
     progress: [1000, 5000],
     health: [10000, 60000],
   };
-  const LIBRARY_RESYNC_MS = 60000;         // catch reorders made by other clients
+  const LIBRARY_RESYNC_MS = 60000;         // catch reorders (and fit changes) by other clients
   const POLL_TIMEOUT_MS = 10000;
   const ACTION_TIMEOUT_MS = 20000;
   const BACKOFF_MIN_MS = 1000;
   const BACKOFF_MAX_MS = 30000;
   const BRIGHTNESS_DEBOUNCE_MS = 250;
   const USER_HOLD_MS = 2500;               // polls do not overwrite a control just touched
-  const UPLOAD_CONCURRENCY = 2;
   const UPLOAD_MAX_RETRIES = 30;
 
   // ---------------------------------------------------------------- small helpers
@@ -141,6 +157,14 @@
     return (value >= 10 ? value.toFixed(0) : value.toFixed(1)) + " " + units[unit];
   }
 
+  // The health numbers come in MB (floats); people read "33 MB" and "78.1 GB".
+  function fmtMB(mb) {
+    if (typeof mb !== "number" || !isFinite(mb)) return "—";
+    if (mb < 1000) return Math.round(mb) + " MB";
+    const gb = mb / 1024;
+    return (gb < 100 ? gb.toFixed(1) : gb.toFixed(0)) + " GB";
+  }
+
   function fmtDurationMs(ms) {
     if (typeof ms !== "number" || !isFinite(ms) || ms <= 0) return "";
     if (ms < 10000) return (ms / 1000).toFixed(1) + " s";
@@ -164,7 +188,21 @@
     return typeof value === "number" && isFinite(value) ? value.toFixed(digits) : null;
   }
 
-  // A tiny event bus: later panels (issue 10) subscribe instead of patching the pollers.
+  // One time format everywhere, the device's: 24-hour "HH:MM" in LOOP's time zone (the one
+  // its schedule uses), whatever the phone's locale prefers.
+  function clock(date) {
+    const zone = status && status.schedule && status.schedule.timezone;
+    try {
+      const parts = new Intl.DateTimeFormat("en-GB", {
+        hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZone: zone || undefined,
+      }).formatToParts(date);
+      const part = (type) => (parts.find((p) => p.type === type) || {}).value;
+      if (part("hour") && part("minute")) return part("hour") + ":" + part("minute");
+    } catch (e) { /* an unknown zone name: the browser's own clock below */ }
+    return String(date.getHours()).padStart(2, "0") + ":" + String(date.getMinutes()).padStart(2, "0");
+  }
+
+  // A tiny event bus: the operator panels subscribe instead of patching the pollers.
   const listeners = {};
   function on(name, fn) { (listeners[name] = listeners[name] || []).push(fn); }
   function emit(name, payload) {
@@ -174,6 +212,8 @@
   }
 
   // ---------------------------------------------------------------- toast messages
+  // A toast belongs to the action that raised it: beginAction() (called as every action
+  // starts) takes the previous one away, so an old "Saved." never sits next to a new error.
   let toastTimer = null;
   function notify(text, kind) {
     const box = $("#message");
@@ -182,6 +222,11 @@
     box.hidden = false;
     clearTimeout(toastTimer);
     toastTimer = setTimeout(() => { box.hidden = true; }, kind === "error" ? 8000 : 4000);
+  }
+
+  function beginAction() {
+    clearTimeout(toastTimer);
+    $("#message").hidden = true;
   }
 
   // ---------------------------------------------------------------- errors
@@ -351,37 +396,69 @@
     });
   }
 
+
   // ---------------------------------------------------------------- connection state
-  const conn = { failing: false, nextTry: 0, ticker: null, everOk: false };
+  // state: connecting (before the first answer) | ok | offline (since `since`).
+  const conn = { state: "connecting", since: null, nextTry: 0, ticker: null };
 
   function renderConn() {
-    const node = $("#conn-state");
-    if (conn.failing) {
-      setAttr(node, "data-state", "reconnecting");
+    const pill = $("#conn-state");
+    const offline = conn.state === "offline";
+    setAttr(pill, "data-state", conn.state);
+    setAttr(document.body, "data-conn", conn.state);
+    $("#offline-banner").hidden = !offline;
+    if (offline) {
+      setText(pill, "Offline since " + clock(conn.since));
       const left = Math.ceil((conn.nextTry - Date.now()) / 1000);
-      setText(node, left > 0 ? "Reconnecting… retry in " + left + " s" : "Reconnecting…");
-    } else if (conn.everOk) {
-      setAttr(node, "data-state", "ok");
-      setText(node, "Connected");
+      setText($("#offline-text"), "LOOP is not answering. " +
+        (left > 0 ? "Next try in " + left + " s." : "Trying again now…"));
+    } else if (conn.state === "ok") {
+      setText(pill, "Connected");
     }
   }
 
-  function connLost(delayMs) {
-    conn.nextTry = Math.max(conn.nextTry, Date.now() + delayMs);
-    if (!conn.failing) {
-      conn.failing = true;
+  // What the page last heard is no longer known to be true: say so instead of showing a green
+  // "healthy" and "Playing" from before (CSS greys the .live panels on body[data-conn]).
+  function showLiveUnknown() {
+    setText($("#player-state"), "Not known while offline");
+    setText($("#player-position"), "");
+    for (const node of [$("#health-status"), $("#health-pill")]) {
+      setAttr(node, "data-status", "unknown");
+      setText(node, "unknown");
+    }
+    setText($("#health-verdict"), "Not known: LOOP is not answering.");
+  }
+
+  // The player's controls cannot reach LOOP while it is offline (and "Pause" would claim it
+  // plays): they are disabled until it answers again.
+  const LIVE_CONTROLS = ["#btn-prev", "#btn-play", "#btn-next", "#mode-select", "#fit-select", "#brightness"];
+  function enableLiveControls(enabled) {
+    for (const sel of LIVE_CONTROLS) $(sel).disabled = !enabled;
+  }
+
+  // `retryMs` is when the status poller (the one the banner counts down for) tries again.
+  function connLost(retryMs) {
+    if (retryMs !== undefined) conn.nextTry = Date.now() + retryMs;
+    if (conn.state !== "offline") {
+      conn.state = "offline";
+      conn.since = new Date();
+      statusEtag = null;          // the first answer after this must be a full snapshot
       conn.ticker = setInterval(renderConn, 1000);
+      showLiveUnknown();
+      enableLiveControls(false);
     }
     renderConn();
   }
 
   function connOk() {
-    conn.everOk = true;
-    if (conn.failing) {
-      conn.failing = false;
+    const wasOffline = conn.state === "offline";
+    conn.state = "ok";
+    if (wasOffline) {
       conn.nextTry = 0;
+      conn.since = null;
       clearInterval(conn.ticker);
       conn.ticker = null;
+      enableLiveControls(true);
       renderConn();
       for (const p of Object.values(pollers)) {
         if (p.failures) { p.failures = 0; p.poke(); }
@@ -407,7 +484,8 @@
       clearTimeout(p.timer);
       p.timer = setTimeout(p.run, ms);
     };
-    p.run = async () => {
+    // `manual` (the "Try now" button): a failed try does not lengthen the back-off.
+    p.run = async (manual) => {
       clearTimeout(p.timer);
       p.timer = null;
       if (p.inflight) { p.again = true; return; }
@@ -422,9 +500,9 @@
       } catch (err) {
         if (err instanceof NetworkError || (err instanceof ApiError &&
             (err.status === 502 || err.status === 504))) {
-          p.failures += 1;
+          if (manual !== true || !p.failures) p.failures += 1;
           delay = backoffMs(p.failures);
-          connLost(delay);
+          connLost(name === "status" ? delay : undefined);
         } else if (err instanceof ApiError) {
           connOk();   // the server answered; it is just unhappy (429/503/5xx)
           delay = Math.max(p.interval(), (err.retryAfter || 0) * 1000, backoffMs(1));
@@ -440,10 +518,14 @@
     // Run soon (coalesced): after an action, on visibility, or when work appears.
     p.poke = () => {
       if (p.inflight) p.again = true;
-      else if (!p.failures || !conn.failing) p.schedule(0);
+      else if (!p.failures || conn.state !== "offline") p.schedule(0);
     };
     pollers[name] = p;
     return p;
+  }
+
+  function tryNow() {
+    pollers.status.run(true);
   }
 
   // ---------------------------------------------------------------- state
@@ -452,7 +534,7 @@
   let health = null;          // last health data
   let items = [];             // library in display order (loop first)
   let libraryKey = null;      // JSON of status.library last seen
-  const hold = { mode: 0, brightness: 0 };
+  const hold = { mode: 0, brightness: 0, fit: 0 };
 
   // ---------------------------------------------------------------- status
   async function pollStatus() {
@@ -460,11 +542,27 @@
     if (statusEtag) headers["If-None-Match"] = statusEtag;
     const res = await api("GET", "/api/poll/status", { headers, timeout: POLL_TIMEOUT_MS });
     if (res.status === 304 && status) {
+      // A control held while the person used it catches up once the hold is over, even
+      // when nothing changed since (a change from elsewhere may have come during the hold).
+      syncControls(status.player || {});
       previewTick(false);
       return;
     }
     statusEtag = res.headers.get("ETag");
     applyStatus(res.data || {});
+  }
+
+  /** Mode and brightness follow the device, except while a person is using them. */
+  function syncControls(player) {
+    if (player.mode && Date.now() > hold.mode) {
+      const select = $("#mode-select");
+      if (select.value !== player.mode) select.value = player.mode;
+    }
+    if (typeof player.brightness === "number" && Date.now() > hold.brightness) {
+      const slider = $("#brightness");
+      if (Number(slider.value) !== player.brightness) slider.value = String(player.brightness);
+      showBrightness(player.brightness);
+    }
   }
 
   function applyStatus(s) {
@@ -491,16 +589,10 @@
     setText(play, state === "playing" ? "Pause" : "Play");
     setAttr(play, "aria-label", state === "playing" ? "Pause" : "Play");
 
-    if (player.mode && Date.now() > hold.mode) {
-      const select = $("#mode-select");
-      if (select.value !== player.mode) select.value = player.mode;
-    }
-    if (typeof player.brightness === "number" && Date.now() > hold.brightness) {
-      const slider = $("#brightness");
-      if (Number(slider.value) !== player.brightness) slider.value = String(player.brightness);
-      showBrightness(player.brightness);
-    }
+    syncControls(player);
+    if (display.fit) showFit(display.fit);    // a newer server may send it here
     renderBreaker();
+    renderPanelFact();
 
     // Current item highlight on the library cards.
     for (const card of cards.values()) {
@@ -599,8 +691,10 @@
     if (preview.again) { preview.again = false; refreshPreview(); }
   }
 
-  // ---------------------------------------------------------------- transport, mode, brightness
+
+  // ---------------------------------------------------------------- transport, mode, fit, brightness
   async function transport(action) {
+    beginAction();
     try {
       const res = await api("POST", "/api/playback/" + action);
       const data = res.data || {};
@@ -617,6 +711,7 @@
   }
 
   async function setMode(mode) {
+    beginAction();
     hold.mode = Date.now() + ACTION_TIMEOUT_MS;
     try {
       await api("PUT", "/api/playback/mode", { json: { mode } });
@@ -629,6 +724,38 @@
     pollers.status.poke();
   }
 
+  // The fit is not in the status snapshot (yet): GET /api/display tells it.
+  let shownFit = null;
+  function showFit(fit) {
+    shownFit = fit;
+    const select = $("#fit-select");
+    if (Date.now() > hold.fit && select.value !== fit) select.value = fit;
+  }
+
+  async function loadDisplay() {
+    try {
+      const res = await api("GET", "/api/display", { timeout: POLL_TIMEOUT_MS });
+      if (res.data && res.data.fit) showFit(res.data.fit);
+    } catch (err) { /* the pollers report a lost connection; the next resync tries again */ }
+  }
+
+  async function setFit(fit) {
+    beginAction();
+    hold.fit = Date.now() + ACTION_TIMEOUT_MS;
+    try {
+      const res = await api("PUT", "/api/display", { json: { fit } });
+      shownFit = (res.data && res.data.fit) || fit;
+      notify("Fit changed: LOOP prepares every item again for the panel.");
+    } catch (err) {
+      notify("The fit was not changed: " + explain(err), "error");
+      if (shownFit) $("#fit-select").value = shownFit;
+    } finally {
+      hold.fit = Date.now() + USER_HOLD_MS;
+    }
+    loadLibrary();
+    pollers.status.poke();
+  }
+
   function showBrightness(value) {
     setText($("#brightness-value"), Number(value) === 0 ? "off" : value + "%");
   }
@@ -638,6 +765,7 @@
   let brightnessQueued = null;
 
   function brightnessInput(immediate) {
+    beginAction();
     const value = Number($("#brightness").value);
     showBrightness(value);
     hold.brightness = Date.now() + USER_HOLD_MS + BRIGHTNESS_DEBOUNCE_MS;
@@ -666,8 +794,9 @@
     }
   }
 
+
   // ---------------------------------------------------------------- library
-  const cards = new Map();     // id -> {id, root, refs, item}
+  const cards = new Map();     // id -> {id, root, refs, item, sheet}
   const library = { inflight: false, again: false, loaded: false, timer: null };
   let loopOps = 0;             // loop changes in flight: library reloads wait for them
   let loopChain = Promise.resolve();
@@ -679,6 +808,7 @@
       const res = await api("GET", "/api/media", { timeout: ACTION_TIMEOUT_MS });
       if (loopOps === 0) {
         items = ((res.data && res.data.items) || []).slice();
+        playDefaults = (res.data && res.data.defaults) || playDefaults;
         library.loaded = true;
         renderLibrary();
         markReady();
@@ -692,7 +822,7 @@
       library.inflight = false;
     }
     clearTimeout(library.timer);
-    library.timer = setTimeout(loadLibrary, LIBRARY_RESYNC_MS);
+    library.timer = setTimeout(resync, LIBRARY_RESYNC_MS);
     if (library.again && loopOps === 0) {
       library.again = false;
       setTimeout(loadLibrary, library.loaded ? 0 : 2000);
@@ -700,11 +830,17 @@
     emit("library", items);
   }
 
+  function resync() {
+    loadDisplay();
+    loadLibrary();
+  }
+
   function loopIds() { return items.filter((it) => it.in_loop).map((it) => it.id); }
 
   // Apply a loop change locally at once, then send the whole list; changes are sent one after
   // another, so the last one a person made is the one that sticks.
   function changeLoop(newIds) {
+    beginAction();
     const byId = new Map(items.map((it) => [it.id, it]));
     const inLoop = new Set(newIds);
     const loopItems = newIds.map((id) => byId.get(id)).filter(Boolean);
@@ -746,6 +882,7 @@
   }
 
   async function showNow(id) {
+    beginAction();
     try {
       await api("POST", "/api/playback/select", { json: { id } });
     } catch (err) {
@@ -755,6 +892,7 @@
   }
 
   async function deleteItem(item) {
+    beginAction();
     if (!window.confirm("Delete \u201c" + item.name + "\u201d from LOOP? This cannot be undone.")) return;
     try {
       await api("DELETE", "/api/media/" + encodeURIComponent(item.id));
@@ -768,20 +906,145 @@
     pollers.status.poke();
   }
 
-  async function renameItem(card, name) {
-    name = name.trim();
-    if (!name) { notify("A name cannot be empty.", "error"); return false; }
+  // PATCH /api/media/{id}; on success the local copy takes the server's answer.
+  async function patchItem(card, changes) {
+    const res = await api("PATCH", "/api/media/" + encodeURIComponent(card.id), { json: changes });
+    const updated = res.data && res.data.id ? res.data : null;
+    for (const it of items) {
+      if (it.id !== card.id) continue;
+      if (updated) Object.assign(it, updated); else Object.assign(it, changes);
+    }
+    renderLibrary();
+    pollers.status.poke();
+  }
+
+  // ---- per-card sheets: the rename form and the play-time form, full card width
+  function sheetMessage(node, text) {
+    setText(node, text);
+    node.hidden = !text;
+  }
+
+  function openSheet(card, which) {
+    beginAction();
+    const r = card.refs;
+    card.sheet = which;
+    setAttr(card.root, "data-sheet", which);
+    setAttr(card.root, "draggable", "false");   // text in a draggable element cannot be selected
+    r.renameForm.hidden = which !== "rename";
+    r.timingForm.hidden = which !== "timing";
+    sheetMessage(r.renameMessage, "");
+    sheetMessage(r.timingMessage, "");
+    if (which === "rename") {
+      r.renameInput.value = card.item.name || "";
+      r.renameInput.focus();
+      r.renameInput.select();
+    } else {
+      fillTimingForm(card);
+      (isStill(card.item) ? r.durationInput : r.countInput).focus();
+    }
+  }
+
+  function closeSheet(card) {
+    const which = card.sheet;
+    card.sheet = "";
+    setAttr(card.root, "data-sheet", "");
+    setAttr(card.root, "draggable", card.item.in_loop ? "true" : "false");
+    card.refs.renameForm.hidden = true;
+    card.refs.timingForm.hidden = true;
+    if (which) (which === "rename" ? card.refs.rename : card.refs.timing).focus();
+  }
+
+  async function submitRename(card) {
+    beginAction();
+    const r = card.refs;
+    sheetMessage(r.renameMessage, "");
+    const name = r.renameInput.value.trim();
+    if (!name) { sheetMessage(r.renameMessage, "A name cannot be empty."); return; }
     try {
-      const res = await api("PATCH", "/api/media/" + encodeURIComponent(card.id), { json: { name } });
-      const updated = res.data && res.data.id ? res.data : null;
-      for (const it of items) if (it.id === card.id) it.name = updated ? updated.name : name;
-      card.renaming = false;
-      renderLibrary();
-      pollers.status.poke();
-      return true;
+      await patchItem(card, { name });
+      closeSheet(card);
     } catch (err) {
-      notify("Not renamed: " + explain(err), "error");
-      return false;
+      sheetMessage(r.renameMessage, "Not renamed: " + explain(err));
+    }
+  }
+
+  // ---- play time: loop_count (times an animation plays) and duration_sec (seconds on the
+  // panel; for an animation it wins over loop_count). null = LOOP's configured default.
+  function isStill(item) { return !(item.frames > 1); }
+  let playDefaults = {};  // GET /api/media's defaults: what an empty field stands for
+
+  function defaultWords(still) {
+    const d = playDefaults;
+    if (still) {
+      return typeof d.static_image_duration_sec === "number"
+        ? "Empty: the default, " + d.static_image_duration_sec + " s." : "Empty: LOOP's default time for pictures.";
+    }
+    if (typeof d.item_duration_sec === "number" && d.item_duration_sec > 0) {
+      return "Empty: the default, " + d.item_duration_sec + " s. Seconds, when set, win over times.";
+    }
+    if (typeof d.loop_count === "number") {
+      return "Empty: the default, " + d.loop_count + (d.loop_count === 1 ? " time" : " times") +
+        ". Seconds, when set, win over times.";
+    }
+    return "Empty: LOOP's defaults. Seconds, when set, win over times.";
+  }
+
+  function timingWords(item) {
+    const secs = typeof item.duration_sec === "number" ? item.duration_sec : null;
+    if (isStill(item)) return secs !== null ? "shows " + secs + " s" : "";
+    if (secs !== null) return "plays " + secs + " s";
+    if (typeof item.loop_count === "number") {
+      return "plays " + item.loop_count + (item.loop_count === 1 ? " time" : " times");
+    }
+    return "";
+  }
+
+  function fillTimingForm(card) {
+    const r = card.refs;
+    const item = card.item;
+    const still = isStill(item);
+    r.countField.hidden = still;
+    r.countInput.value = typeof item.loop_count === "number" ? String(item.loop_count) : "";
+    r.durationInput.value = typeof item.duration_sec === "number" ? String(item.duration_sec) : "";
+    setText(r.durationLabel, still ? "Seconds on screen" : "Or seconds (wins)");
+    setText(r.timingHint, defaultWords(still));
+  }
+
+  // A field's text as the API wants it: null when empty, a number when valid, else undefined.
+  function readNumber(input, isWhole, lo, hi) {
+    const text = input.value.trim().replace(",", ".");
+    if (text === "") return null;
+    const value = Number(text);
+    if (!isFinite(value) || value < lo || value > hi || (isWhole && !Number.isInteger(value))) {
+      return undefined;
+    }
+    return value;
+  }
+
+  async function submitTiming(card) {
+    beginAction();
+    const r = card.refs;
+    sheetMessage(r.timingMessage, "");
+    const changes = {};
+    const seconds = readNumber(r.durationInput, false, 0.1, 86400);
+    if (seconds === undefined) {
+      sheetMessage(r.timingMessage, "Seconds: a number from 0.1 to 86400, or empty for the default.");
+      return;
+    }
+    changes.duration_sec = seconds;
+    if (!isStill(card.item)) {
+      const count = readNumber(r.countInput, true, 1, 10000);
+      if (count === undefined) {
+        sheetMessage(r.timingMessage, "Times: a whole number from 1 to 10000, or empty for the default.");
+        return;
+      }
+      changes.loop_count = count;
+    }
+    try {
+      await patchItem(card, changes);
+      closeSheet(card);
+    } catch (err) {
+      sheetMessage(r.timingMessage, "Not saved: " + explain(err));
     }
   }
 
@@ -796,8 +1059,60 @@
     return parts.join(" · ");
   }
 
+  function button(testid, text, cls, attrs) {
+    return h("button", Object.assign({ type: "button", class: "btn " + (cls || ""), "data-testid": testid, text }, attrs || {}));
+  }
+
+  function buildRenameForm(card) {
+    const r = card.refs;
+    r.renameInput = h("input", {
+      type: "text", class: "rename-input", "data-testid": "item-rename-input", maxlength: 200,
+      spellcheck: "false", autocomplete: "off", enterkeyhint: "done",
+    });
+    r.renameMessage = h("p", { class: "form-message", "data-kind": "error", "data-testid": "item-rename-message", role: "alert", hidden: true });
+    r.renameForm = h("form", { class: "sheet rename-form", hidden: true }, [
+      h("label", { class: "field" }, [h("span", { class: "field-label", text: "New name" }), r.renameInput]),
+      r.renameMessage,
+      h("div", { class: "form-actions" }, [
+        button("item-rename-save", "Save name", "btn-primary", { type: "submit" }),
+        button("item-rename-cancel", "Cancel"),
+      ]),
+    ]);
+    r.renameForm.querySelector("[data-testid=item-rename-cancel]").addEventListener("click", () => closeSheet(card));
+    r.renameInput.addEventListener("keydown", (e) => { if (e.key === "Escape") closeSheet(card); });
+    r.renameForm.addEventListener("submit", (e) => { e.preventDefault(); submitRename(card); });
+  }
+
+  function buildTimingForm(card) {
+    const r = card.refs;
+    r.countInput = h("input", {
+      type: "number", class: "timing-input", "data-testid": "item-loop-count", min: 1, max: 10000,
+      step: 1, inputmode: "numeric", placeholder: "default",
+    });
+    r.durationInput = h("input", {
+      type: "number", class: "timing-input", "data-testid": "item-duration", min: 0.1, max: 86400,
+      step: "any", inputmode: "decimal", placeholder: "default",
+    });
+    r.countField = h("label", { class: "field" }, [h("span", { class: "field-label", text: "Times through" }), r.countInput]);
+    r.durationLabel = h("span", { class: "field-label" });
+    r.timingHint = h("p", { class: "muted small", "data-testid": "item-timing-hint" });
+    r.timingMessage = h("p", { class: "form-message", "data-kind": "error", "data-testid": "item-timing-message", role: "alert", hidden: true });
+    r.timingForm = h("form", { class: "sheet timing-form", hidden: true, novalidate: true }, [
+      h("div", { class: "timing-fields" }, [r.countField, h("label", { class: "field" }, [r.durationLabel, r.durationInput])]),
+      r.timingHint,
+      r.timingMessage,
+      h("div", { class: "form-actions" }, [
+        button("item-timing-save", "Save play time", "btn-primary", { type: "submit" }),
+        button("item-timing-cancel", "Cancel"),
+      ]),
+    ]);
+    r.timingForm.querySelector("[data-testid=item-timing-cancel]").addEventListener("click", () => closeSheet(card));
+    r.timingForm.addEventListener("keydown", (e) => { if (e.key === "Escape") closeSheet(card); });
+    r.timingForm.addEventListener("submit", (e) => { e.preventDefault(); submitTiming(card); });
+  }
+
   function createCard(item) {
-    const card = { id: item.id, item, renaming: false, refs: {} };
+    const card = { id: item.id, item, sheet: "", refs: {} };
     const r = card.refs;
     r.thumb = h("img", {
       class: "thumb-img", "data-testid": "item-thumb", loading: "lazy", decoding: "async",
@@ -808,27 +1123,27 @@
     r.thumbBox = h("div", { class: "thumb" }, [r.thumb]);
     r.name = h("p", { class: "card-name", "data-testid": "item-name" });
     r.meta = h("p", { class: "card-meta muted" });
+    r.timingSummary = h("p", { class: "card-meta card-timing", "data-testid": "item-timing-summary" });
     r.badge = h("span", { class: "badge", hidden: true });
-    r.renameInput = h("input", {
-      type: "text", class: "rename-input", "data-testid": "item-rename-input", maxlength: 200,
-      "aria-label": "New name", spellcheck: "false",
-    });
-    r.renameForm = h("form", { class: "rename-form", hidden: true }, [
-      r.renameInput,
-      h("button", { type: "submit", class: "btn btn-small btn-primary", "data-testid": "item-rename-save", text: "Save" }),
-      h("button", { type: "button", class: "btn btn-small", "data-testid": "item-rename-cancel", text: "Cancel" }),
-    ]);
-    r.up = h("button", { type: "button", class: "btn btn-icon", "data-testid": "item-up", "aria-label": "Move up", title: "Move earlier", text: "\u2191" });
-    r.down = h("button", { type: "button", class: "btn btn-icon", "data-testid": "item-down", "aria-label": "Move down", title: "Move later", text: "\u2193" });
-    r.toggle = h("button", { type: "button", class: "btn btn-small btn-toggle", "data-testid": "item-toggle" });
-    r.show = h("button", { type: "button", class: "btn btn-small", "data-testid": "item-show", text: "Show now" });
-    r.rename = h("button", { type: "button", class: "btn btn-small", "data-testid": "item-rename", text: "Rename" });
+    buildRenameForm(card);
+    buildTimingForm(card);
+    r.up = button("item-up", "\u2191", "btn-icon", { "aria-label": "Move up", title: "Move earlier" });
+    r.down = button("item-down", "\u2193", "btn-icon", { "aria-label": "Move down", title: "Move later" });
+    r.toggle = button("item-toggle", "", "btn-small btn-toggle");
+    r.show = button("item-show", "Show now", "btn-small");
+    r.rename = button("item-rename", "Rename", "btn-small");
+    r.timing = button("item-timing", "Play time", "btn-small");
     r.download = h("a", { class: "btn btn-small", "data-testid": "item-download", download: "", text: "Download" });
-    r.del = h("button", { type: "button", class: "btn btn-small btn-danger", "data-testid": "item-delete", text: "Delete" });
-    card.root = h("li", { class: "card", "data-testid": "item-card", "data-id": item.id }, [
-      r.thumbBox,
-      h("div", { class: "card-info" }, [r.name, r.meta, r.badge, r.renameForm]),
-      h("div", { class: "card-actions" }, [r.up, r.down, r.toggle, r.show, r.rename, r.download, r.del]),
+    r.del = button("item-delete", "Delete", "btn-small btn-danger");
+    card.root = h("li", { class: "card", "data-testid": "item-card", "data-id": item.id, "data-sheet": "" }, [
+      h("div", { class: "card-grid" }, [
+        r.thumbBox,
+        h("div", { class: "card-info" }, [r.name, r.meta, r.timingSummary, r.badge]),
+        h("div", { class: "card-move" }, [r.up, r.down]),
+        h("div", { class: "card-actions" }, [r.toggle, r.show, r.rename, r.timing, r.download, r.del]),
+        r.renameForm,
+        r.timingForm,
+      ]),
     ]);
 
     r.up.addEventListener("click", () => moveInLoop(card.id, -1));
@@ -836,26 +1151,8 @@
     r.toggle.addEventListener("click", () => toggleInLoop(card.id));
     r.show.addEventListener("click", () => showNow(card.id));
     r.del.addEventListener("click", () => deleteItem(card.item));
-    r.rename.addEventListener("click", () => {
-      card.renaming = true;
-      r.renameForm.hidden = false;
-      r.name.hidden = true;
-      r.renameInput.value = card.item.name || "";
-      r.renameInput.focus();
-      r.renameInput.select();
-    });
-    const stopRename = () => {
-      card.renaming = false;
-      r.renameForm.hidden = true;
-      r.name.hidden = false;
-      r.rename.focus();
-    };
-    r.renameForm.querySelector("[data-testid=item-rename-cancel]").addEventListener("click", stopRename);
-    r.renameInput.addEventListener("keydown", (e) => { if (e.key === "Escape") stopRename(); });
-    r.renameForm.addEventListener("submit", async (e) => {
-      e.preventDefault();
-      if (await renameItem(card, r.renameInput.value)) stopRename();
-    });
+    r.rename.addEventListener("click", () => openSheet(card, "rename"));
+    r.timing.addEventListener("click", () => openSheet(card, "timing"));
     setupCardDrag(card);
     return card;
   }
@@ -863,13 +1160,17 @@
   function updateCard(card, item, index, loopLength) {
     card.item = item;
     const r = card.refs;
+    const label = item.name || item.id;
     setAttr(card.root, "data-in-loop", item.in_loop ? "true" : "false");
     setAttr(card.root, "data-current",
       status && status.player && status.player.item === item.id ? "true" : "false");
-    setAttr(card.root, "draggable", item.in_loop ? "true" : "false");
-    setText(r.name, item.name || item.id);
-    setAttr(r.name, "title", item.name || item.id);
+    setAttr(card.root, "draggable", item.in_loop && !card.sheet ? "true" : "false");
+    setText(r.name, label);
+    setAttr(r.name, "title", label);
     setText(r.meta, itemMeta(item));
+    const timing = timingWords(item);
+    setText(r.timingSummary, timing);
+    r.timingSummary.hidden = !timing;
     if (item.quarantined) {
       r.badge.hidden = false;
       setText(r.badge, "quarantined: cannot be played");
@@ -878,22 +1179,24 @@
     }
     const thumb = item.thumb || "/api/media/" + encodeURIComponent(item.id) + "/thumb.png";
     if (r.thumb.getAttribute("src") !== thumb) r.thumb.setAttribute("src", thumb);
-    setAttr(r.thumb, "alt", "Thumbnail of " + (item.name || item.id));
+    setAttr(r.thumb, "alt", "Thumbnail of " + label);
     setAttr(r.download, "href", "/api/media/" + encodeURIComponent(item.id) + "/original");
-    setAttr(r.download, "aria-label", "Download the original of " + (item.name || item.id));
+    setAttr(r.download, "aria-label", "Download the original of " + label);
     r.up.hidden = r.down.hidden = !item.in_loop;
     r.up.disabled = !item.in_loop || index === 0;
     r.down.disabled = !item.in_loop || index >= loopLength - 1;
-    setAttr(r.up, "aria-label", "Move " + (item.name || item.id) + " earlier in the loop");
-    setAttr(r.down, "aria-label", "Move " + (item.name || item.id) + " later in the loop");
+    setAttr(r.up, "aria-label", "Move " + label + " earlier in the loop");
+    setAttr(r.down, "aria-label", "Move " + label + " later in the loop");
     setAttr(r.toggle, "aria-pressed", item.in_loop ? "true" : "false");
     setText(r.toggle, item.in_loop ? "In loop" : "Not in loop");
     setAttr(r.toggle, "title", item.in_loop ? "Take it out of the loop (kept in the library)"
       : "Add it to the end of the loop");
     r.show.disabled = Boolean(item.quarantined);
-    setAttr(r.del, "aria-label", "Delete " + (item.name || item.id));
-    setAttr(r.show, "aria-label", "Show " + (item.name || item.id) + " now");
-    setAttr(r.rename, "aria-label", "Rename " + (item.name || item.id));
+    setAttr(r.del, "aria-label", "Delete " + label);
+    setAttr(r.show, "aria-label", "Show " + label + " now");
+    setAttr(r.rename, "aria-label", "Rename " + label);
+    setAttr(r.timing, "aria-label", "Play time of " + label);
+    setAttr(r.renameInput, "aria-label", "New name for " + label);
   }
 
   function reconcile(list, wanted) {
@@ -1002,11 +1305,21 @@
     });
   }
 
+
   // ---------------------------------------------------------------- uploads
+  // Files go up one at a time, in the order they were picked. LOOP appends each new item to
+  // the end of the loop when its upload finishes, so sending them one after another is what
+  // makes the pick order the loop order. (Uploading in parallel and then reordering with
+  // PUT /api/loop would send a whole loop list made here and silently undo a reorder someone
+  // made on another device meanwhile; and a Pi decodes CPU-bound on one or two cores, so
+  // parallel uploads barely finish sooner.) A file that has to wait (503/429 with
+  // Retry-After, or the token form) keeps its place: the files after it wait too.
   const uploads = new Map();   // key -> upload
-  const uploadQueue = [];
-  let uploadsRunning = 0;
+  const uploadQueue = [];      // queued uploads, in pick order
+  let uploadRunning = null;
+  let uploadSeq = 0;
   const ACTIVE_UPLOAD = new Set(["queued", "uploading", "processing", "retrying", "waiting"]);
+  const HOLDS_THE_LINE = new Set(["retrying", "waiting"]);
   const STAGE_WORDS = {
     receiving: "Receiving",
     decoding: "Decoding",
@@ -1015,43 +1328,91 @@
     failed: "Failed",
   };
 
-  function uploadErrorWords(statusCode, detail) {
+  // The server's status, code and sentence are for the API; a person gets plain words, and a
+  // Retry button only when trying again can help (not for a file LOOP cannot read: 413/415/422).
+  function uploadProblem(statusCode, message) {
+    const says = (re) => re.test(String(message || ""));
+    const fixed = (text) => ({ text, retry: false });
+    const passing = (text) => ({ text, retry: true });
     switch (statusCode) {
-      case 0: return "The connection dropped during the upload.";
-      case 400: case 411: return "LOOP could not understand the upload.";
-      case 403: return "LOOP refused the upload from this device.";
-      case 409: return "It conflicts with an item already in the library.";
-      case 413: return "Too large: this file is bigger than LOOP accepts.";
-      case 415: return "Not a file type LOOP can show (GIF, PNG, JPEG, WebP, BMP, or video when ffmpeg is installed).";
-      case 422: return "The file looks broken: LOOP could not read it.";
-      case 429: return "Too many uploads in a row.";
-      case 503: return "LOOP is busy.";
-      case 507: return "The storage on LOOP is full. Delete something and try again.";
-      default: return "The upload failed (HTTP " + statusCode + ")" + (detail ? "." : ": no details.");
+      case 0: return passing("The connection dropped during the upload.");
+      case 400: case 411: return passing("The upload did not arrive complete.");
+      case 403: return fixed("This LOOP does not take uploads from this device.");
+      case 409: return passing("LOOP was busy with this item. Try again in a moment.");
+      case 413: return fixed("Too large: this file is bigger than this LOOP accepts.");
+      case 415:
+        if (says(/ffmpeg|video uploads need/i)) return fixed("This LOOP cannot play videos. Pictures and GIFs work.");
+        if (says(/AVIF|HEIF/i)) return fixed("This LOOP cannot read this kind of photo. Save it as JPEG or PNG and add that.");
+        if (says(/container/i)) return fixed("This kind of video is not accepted. MP4 or WebM work.");
+        return fixed("LOOP cannot show this kind of file. GIF, PNG, JPEG, WebP, BMP and common videos work.");
+      case 422:
+        if (says(/pixels/i)) return fixed("The picture is too big for this LOOP. Use a smaller one.");
+        if (says(/frames is more/i)) return fixed("It has more frames than this LOOP can store. Use a shorter one.");
+        if (says(/took longer/i)) return fixed("It took LOOP too long to prepare. Use a shorter or smaller file.");
+        if (says(/is empty/i)) return fixed("The file is empty.");
+        if (says(/no video stream|no picture size/i)) return fixed("There is no picture in this file.");
+        return fixed("The file looks damaged: LOOP could not read it.");
+      case 429: return passing("Too many uploads in a row.");
+      case 503: return passing("LOOP is busy.");
+      case 507: return passing("LOOP's storage is full. Delete something, then retry.");
+      default: return { text: "The upload failed (error " + statusCode + ").", retry: statusCode >= 500 };
     }
   }
 
   function addFiles(fileList) {
     const files = Array.from(fileList || []);
+    if (files.length) beginAction();
     for (const file of files) {
-      const up = { key: randomId(), id: null, file, name: file.name || "upload", state: "queued",
-        attempts: 0, xhr: null, retryTimer: null, item: null, row: null, refs: {} };
+      uploadSeq += 1;
+      const up = { key: randomId(), seq: uploadSeq, finishedAt: 0, id: null, file,
+        name: file.name || "upload", state: "queued", attempts: 0, xhr: null, retryTimer: null,
+        item: null, row: null, refs: {} };
       createUploadRow(up);
       uploads.set(up.key, up);
       uploadQueue.push(up);
       setUpload(up, "queued", "Waiting to upload…", 0);
     }
+    orderUploadRows();
     pumpUploads();
   }
 
+  function lineHeld() {
+    for (const up of uploads.values()) if (HOLDS_THE_LINE.has(up.state)) return true;
+    return false;
+  }
+
   function pumpUploads() {
-    while (uploadsRunning < UPLOAD_CONCURRENCY && uploadQueue.length) {
+    while (!uploadRunning && !lineHeld() && uploadQueue.length) {
       const up = uploadQueue.shift();
-      if (up.state === "cancelled") continue;
-      startUpload(up);
+      if (up.state === "queued") startUpload(up);
     }
     renderUploadSummary();
     if (pollers.progress) pollers.progress.poke();
+  }
+
+  // Rows: what runs (or waits its turn to run again) on top, then the queue in pick order,
+  // then finished rows, newest first. Server-side jobs of other clients go after ours.
+  function uploadRank(up) {
+    if (up.state === "queued") return 1;
+    return ACTIVE_UPLOAD.has(up.state) ? 0 : 2;
+  }
+
+  function orderUploadRows() {
+    const list = $("#upload-list");
+    const ours = Array.from(uploads.values()).sort((a, b) => uploadRank(a) - uploadRank(b) ||
+      (uploadRank(a) === 2 ? b.finishedAt - a.finishedAt : a.seq - b.seq));
+    const running = ours.filter((up) => uploadRank(up) === 0).map((up) => up.row);
+    const rest = ours.filter((up) => uploadRank(up) !== 0).map((up) => up.row);
+    const wanted = running.concat(Array.from(jobRows.values()), rest);
+    const focused = document.activeElement;
+    let cursor = list.firstChild;
+    for (const row of wanted) {
+      if (row !== cursor) list.insertBefore(row, cursor);
+      else cursor = cursor.nextSibling;
+    }
+    if (focused && focused !== document.activeElement && list.contains(focused)) {
+      focused.focus({ preventScroll: true });
+    }
   }
 
   function createUploadRow(up) {
@@ -1059,19 +1420,18 @@
     r.name = h("span", { class: "up-name", text: up.name, title: up.name });
     r.size = h("span", { class: "up-size muted", text: fmtBytes(up.file.size) });
     r.status = h("span", { class: "up-status", "data-testid": "upload-status" });
-    r.detail = h("span", { class: "up-detail muted", hidden: true });
     r.progress = h("progress", { class: "up-progress", "data-testid": "upload-progress", max: 1, value: 0 });
-    r.cancel = h("button", { type: "button", class: "btn btn-small", "data-testid": "upload-cancel", text: "Cancel" });
-    r.retry = h("button", { type: "button", class: "btn btn-small", "data-testid": "upload-retry", text: "Retry", hidden: true });
-    r.dismiss = h("button", { type: "button", class: "btn btn-small btn-quiet", "data-testid": "upload-dismiss", text: "Dismiss", hidden: true });
+    r.cancel = button("upload-cancel", "Cancel", "btn-small");
+    r.retry = button("upload-retry", "Retry", "btn-small", { hidden: true });
+    r.dismiss = button("upload-dismiss", "Dismiss", "btn-small btn-quiet", { hidden: true });
     up.row = h("li", { class: "upload-row", "data-testid": "upload-row", "data-name": up.name }, [
       h("div", { class: "up-line" }, [r.name, r.size]),
       r.progress,
       h("div", { class: "up-line" }, [r.status, h("span", { class: "up-buttons" }, [r.retry, r.cancel, r.dismiss])]),
-      r.detail,
     ]);
     r.cancel.addEventListener("click", () => cancelUpload(up));
     r.retry.addEventListener("click", () => {
+      beginAction();
       up.attempts = 0;
       uploadQueue.push(up);
       setUpload(up, "queued", "Waiting to upload…", 0);
@@ -1085,22 +1445,26 @@
     $("#upload-list").append(up.row);
   }
 
-  // progress: number 0..1, or null for "busy, amount unknown" (indeterminate bar)
-  function setUpload(up, state, text, progress, detail) {
+  // progress: number 0..1, or null for "busy, amount unknown" (indeterminate bar).
+  // canRetry: whether a failed upload offers Retry (only when trying again can help).
+  function setUpload(up, state, text, progress, canRetry, serverWords) {
+    const rankBefore = uploadRank(up);
     up.state = state;
+    if (!ACTIVE_UPLOAD.has(state) && !up.finishedAt) up.finishedAt = Date.now() + up.seq / 1e6;
+    if (ACTIVE_UPLOAD.has(state)) up.finishedAt = 0;
     const r = up.refs;
     setAttr(up.row, "data-state", state);
     if (up.id) setAttr(up.row, "data-upload-id", up.id);
     setText(r.status, text);
-    if (detail) { setText(r.detail, detail); r.detail.hidden = false; } else if (detail === "") {
-      r.detail.hidden = true;
-    }
+    // the server's own sentence stays at hand for the curious, without a second line
+    if (serverWords) setAttr(r.status, "title", serverWords); else r.status.removeAttribute("title");
     if (progress === null) r.progress.removeAttribute("value");
     else if (progress !== undefined) r.progress.value = Math.max(0, Math.min(1, progress));
     const active = ACTIVE_UPLOAD.has(state);
     r.cancel.hidden = !active;
-    r.retry.hidden = state !== "failed";
+    r.retry.hidden = !(state === "failed" && canRetry);
     r.dismiss.hidden = active;
+    if (uploadRank(up) !== rankBefore || !up.row.parentNode) orderUploadRows();
     renderUploadSummary();
   }
 
@@ -1115,19 +1479,21 @@
   }
 
   function cancelUpload(up) {
+    beginAction();
     clearTimeout(up.retryTimer);
-    const wasRunning = up.state === "uploading" || up.state === "processing";
-    setUpload(up, "cancelled", "Cancelled", 0, "");
+    const running = up === uploadRunning;
+    setUpload(up, "cancelled", "Cancelled", 0);
     const at = uploadQueue.indexOf(up);
     if (at >= 0) uploadQueue.splice(at, 1);
-    if (wasRunning && up.xhr) up.xhr.abort();   // LOOP drops the partial upload
+    if (running && up.xhr) up.xhr.abort();   // LOOP drops the partial upload
+    else pumpUploads();                       // a waiting file no longer holds the line
   }
 
   async function startUpload(up) {
-    uploadsRunning += 1;
+    uploadRunning = up;
     up.attempts += 1;
     up.id = randomId();
-    setUpload(up, "uploading", "Uploading… 0%", 0, "");
+    setUpload(up, "uploading", "Uploading… 0%", 0);
     const form = new FormData();
     form.append("file", up.file, up.name);
     let res;
@@ -1149,9 +1515,15 @@
       res = null;
     } finally {
       up.xhr = null;
-      uploadsRunning -= 1;
+      uploadRunning = null;
     }
     if (res && up.state !== "cancelled") finishUpload(up, res);
+    pumpUploads();
+  }
+
+  function requeueFirst(up) {
+    setUpload(up, "queued", "Waiting to upload…", 0);
+    uploadQueue.unshift(up);
     pumpUploads();
   }
 
@@ -1159,53 +1531,54 @@
     const results = res.body && res.body.data && Array.isArray(res.body.data.results)
       ? res.body.data.results : [];
     const first = results[0] || null;
-    const serverMessage = (first && first.error) || (res.body && res.body.message) || "";
+    const serverWords = (first && first.error) || (res.body && res.body.message) || "";
     if (res.status === 200 || res.status === 201) {
       const code = first && first.status ? first.status : res.status;
       // `item` is the item object (or its id, for older servers)
       const item = first && first.item;
       up.item = item ? (typeof item === "string" ? item : item.id || null) : null;
-      if (code === 201) setUpload(up, "done", "Added to the library", 1, "");
-      else if (code === 200) setUpload(up, "done", "Already in the library", 1, "");
-      else setUpload(up, "failed", uploadErrorWords(code, serverMessage), 0, serverMessage);
+      if (code === 201) setUpload(up, "done", "Added to the library", 1);
+      else if (code === 200) setUpload(up, "done", "Already in the library", 1);
+      else failUpload(up, code, serverWords);
       if (up.item) setAttr(up.row, "data-item", up.item);
       loadLibrary();
       pollers.status.poke();
       return;
     }
     if (res.status === 401) {
-      setUpload(up, "waiting", "Waiting for the API token…", null, "");
+      setUpload(up, "waiting", "Waiting for the API token…", null);
       auth.require(Boolean(res.sentToken)).then(() => {
-        if (up.state !== "waiting") return;
-        uploadQueue.unshift(up);
+        if (up.state === "waiting") requeueFirst(up);
+      }, () => {
+        setUpload(up, "failed", "LOOP needs its API token for uploads.", 0, true);
         pumpUploads();
-      }, () => setUpload(up, "failed", "LOOP needs its API token for uploads.", 0, ""));
+      });
       return;
     }
     if ((res.status === 503 || res.status === 429) && up.attempts < UPLOAD_MAX_RETRIES) {
       const wait = Math.min(120, Math.max(1, Math.ceil(res.retryAfter || Math.min(30, 2 * up.attempts))));
-      retryCountdown(up, res.status, wait, serverMessage);
+      retryCountdown(up, res.status, wait, serverWords);
       return;
     }
-    setUpload(up, "failed", uploadErrorWords(res.status, serverMessage), 0, serverMessage || "");
+    failUpload(up, res.status, serverWords);
     if (res.status === 507) pollers.health.poke();
   }
 
-  function retryCountdown(up, statusCode, seconds, detail) {
-    const words = uploadErrorWords(statusCode, detail);
+  function failUpload(up, statusCode, serverWords) {
+    const problem = uploadProblem(statusCode, serverWords);
+    setUpload(up, "failed", problem.text, 0, problem.retry, serverWords);
+  }
+
+  function retryCountdown(up, statusCode, seconds, serverWords) {
+    const words = uploadProblem(statusCode, serverWords).text;
     const tick = () => {
       if (up.state !== "retrying") return;
-      if (seconds <= 0) {
-        uploadQueue.unshift(up);
-        pumpUploads();
-        return;
-      }
-      setUpload(up, "retrying", words + " Retrying in " + seconds + " s…", 0);
+      if (seconds <= 0) { requeueFirst(up); return; }
+      setUpload(up, "retrying", words + " Retrying in " + seconds + " s…", 0, false, serverWords);
       seconds -= 1;
       up.retryTimer = setTimeout(tick, 1000);
     };
-    up.state = "retrying";
-    setUpload(up, "retrying", words + " Retrying in " + seconds + " s…", 0, detail || "");
+    setUpload(up, "retrying", words + " Retrying in " + seconds + " s…", 0, false, serverWords);
     tick();
   }
 
@@ -1230,6 +1603,7 @@
     for (const up of uploads.values()) if (up.id) ours.set(up.id, up);
     const seen = new Set();
     let finishedForeign = false;
+    let added = false;
     for (const job of jobs) {
       const up = ours.get(job.id);
       const pct = typeof job.progress === "number" ? job.progress : null;
@@ -1255,7 +1629,7 @@
             h("div", { class: "up-line" }, [h("span", { class: "up-status" })]),
           ]);
           jobRows.set(job.id, row);
-          $("#upload-list").append(row);
+          added = true;
         }
         setText(row.querySelector(".up-name"), job.name || job.id);
         setText(row.querySelector(".up-status"), stage + (pct !== null ? "… " + Math.round(pct * 100) + "%" : "…"));
@@ -1266,6 +1640,7 @@
     for (const [id, row] of jobRows) {
       if (!seen.has(id)) { row.remove(); jobRows.delete(id); finishedForeign = true; }
     }
+    if (added) orderUploadRows();
     if (finishedForeign) loadLibrary();
   }
 
@@ -1278,96 +1653,154 @@
     else if (res.status >= 400) throw new ApiError(res.status, (res.body && res.body.message) || "health");
   }
 
-  // First numeric field named like one of `keys`, looked up in preferred checks, then in any.
-  function findNumber(data, keys, preferredChecks) {
-    const checks = (data && data.checks) || {};
-    const pools = [];
-    for (const name of preferredChecks || []) if (checks[name]) pools.push(checks[name]);
-    pools.push(data);
-    for (const c of Object.values(checks)) pools.push(c);
-    for (const pool of pools) {
-      if (!pool || typeof pool !== "object") continue;
-      for (const key of keys) {
-        if (typeof pool[key] === "number" && isFinite(pool[key])) return pool[key];
-      }
-    }
-    return null;
+  // Names people read for the checks GET /api/poll/health reports.
+  const CHECK_NAMES = {
+    memory: "LOOP's memory", system_memory: "System memory", disk: "Storage space",
+    temperature: "Temperature", power: "Power supply", cpu: "CPU", threads: "Threads",
+    heartbeats: "Heartbeats", display: "Panel", privileges: "Privileges",
+    storage: "Library files", http: "Web server",
+  };
+  const HEALTH_WORDS = { ok: "healthy", degraded: "needs attention", failing: "failing" };
+
+  function checkName(name) {
+    return CHECK_NAMES[name] || name.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
   }
 
-  function findString(data, keys, preferredChecks) {
-    const checks = (data && data.checks) || {};
-    for (const name of preferredChecks || []) {
-      const c = checks[name];
-      if (!c) continue;
-      for (const key of keys) if (typeof c[key] === "string" && c[key]) return c[key];
-    }
-    return null;
+  function healthChecks() { return (health && health.checks) || {}; }
+
+  function numberOr(value, fallback) {
+    return typeof value === "number" && isFinite(value) ? value : fallback;
   }
 
   function applyHealth(data) {
     health = data;
     const st = data.status || (data.healthy === false ? "degraded" : data.healthy ? "ok" : "unknown");
-    const words = { ok: "healthy", degraded: "degraded", failing: "failing" }[st] || st;
     for (const node of [$("#health-status"), $("#health-pill")]) {
       setAttr(node, "data-status", st);
-      setText(node, words);
+      setText(node, HEALTH_WORDS[st] || st);
     }
-    const history = Array.isArray(data.history) ? data.history : [];
-    const last = history.length ? history[history.length - 1] : {};
-
-    const rss = findNumber(data, ["rss_mb", "process_rss_mb", "used_mb"], ["memory", "rss"]) ??
-      (typeof last.rss_mb === "number" ? last.rss_mb : null);
-    const limit = findNumber(data, ["limit_mb", "memory_limit_mb", "budget_mb"], ["memory"]);
-    const avail = findNumber(data, ["available_mb", "system_available_mb"], ["memory", "system_memory"]);
-    let mem = "—";
-    if (rss !== null) mem = num(rss, 0) + (limit !== null ? " / " + num(limit, 0) : "") + " MB";
-    setText($("#health-memory"), mem);
-    setAttr($("#health-memory"), "title", "LOOP's own memory" +
-      (limit !== null ? " (budget " + num(limit, 0) + " MB)" : "") +
-      (avail !== null ? "; the system has " + num(avail, 0) + " MB available" : ""));
-
-    const cpuCheck = (data.checks && data.checks.cpu) || {};
-    const cpu = (typeof cpuCheck.percent === "number" ? cpuCheck.percent : null) ??
-      findNumber(data, ["cpu_percent"], ["cpu"]) ??
-      (typeof last.cpu_percent === "number" ? last.cpu_percent : null);
-    setText($("#health-cpu"), cpu !== null ? num(cpu, 0) + " %" : "—");
-
-    const temp = findNumber(data, ["temp_c", "temperature_c", "soc_temp_c"], ["temperature", "temp", "thermal"]) ??
-      (typeof last.temp_c === "number" ? last.temp_c : null);
-    setText($("#health-temp"), temp !== null ? num(temp, 1) + " °C" : "not available");
-
-    const diskPct = findNumber(data, ["free_percent", "disk_free_percent"], ["disk", "storage"]);
-    const diskMb = findNumber(data, ["free_mb", "disk_free_mb"], ["disk", "storage"]);
-    const disk = [];
-    if (diskPct !== null) disk.push(num(diskPct, 0) + " %");
-    if (diskMb !== null) disk.push(fmtBytes(diskMb * 1024 * 1024));
-    setText($("#health-disk"), disk.length ? disk.join(" · ") : "—");
-
-    const uptime = typeof data.uptime_sec === "number" ? data.uptime_sec
-      : findNumber(data, ["uptime_sec"], ["uptime"]);
-    setText($("#health-uptime"), fmtUptime(uptime));
-
-    renderBreaker();
-
-    sparkline($("#chart-rss"), history.map((p) => p && p.rss_mb));
-    sparkline($("#chart-cpu"), history.map((p) => p && p.cpu_percent));
-    sparkline($("#chart-temp"), history.map((p) => p && p.temp_c));
-
+    renderVerdict(st);
+    renderFacts();
+    renderHealthDetails(data);
     renderChecks(data.checks || {});
     if (data.version !== undefined) setText($("#version"), String(data.version));
     renderBanner();
     emit("health", data);
   }
 
+  // One sentence: fine, or what needs attention in the server's own reasons.
+  function renderVerdict(st) {
+    const problems = [];
+    for (const [name, c] of Object.entries(healthChecks())) {
+      if (c && typeof c === "object" && c.status && c.status !== "ok") {
+        problems.push(checkName(name) + ": " + (c.reason || c.status));
+      }
+    }
+    let text;
+    if (st === "ok") text = "Everything is working.";
+    else if (st === "failing") text = "Failing. " + (problems.join("; ") || "See the details.");
+    else text = "Needs attention. " + (problems.join("; ") || "See the details.");
+    setText($("#health-verdict"), text);
+  }
+
+  // The four numbers a person acts on: memory, disk, temperature, panel.
+  function renderFacts() {
+    const checks = healthChecks();
+    const mem = checks.memory || {};
+    const used = numberOr(mem.total_mb, numberOr(mem.rss_mb, null));
+    const limit = numberOr(mem.limit_mb, null);
+    setText($("#health-memory"), used === null ? "—" : fmtMB(used) + (limit !== null ? " of " + fmtMB(limit) : ""));
+    const sys = checks.system_memory || {};
+    setAttr($("#health-memory"), "title", "What LOOP uses" + (limit !== null ? ", of its budget" : "") +
+      (typeof sys.available_mb === "number" ? "; the system has " + fmtMB(sys.available_mb) + " available" : ""));
+
+    const disk = checks.disk || {};
+    const free = numberOr(disk.free_mb, null);
+    const pct = numberOr(disk.free_percent, null);
+    setText($("#health-disk"), free === null ? "—"
+      : fmtMB(free) + " free" + (pct !== null ? " (" + Math.round(pct) + "%)" : ""));
+
+    const temp = numberOr((checks.temperature || {}).temp_c, null);
+    setText($("#health-temp"), temp === null ? "no sensor" : Math.round(temp) + " °C");
+    renderPanelFact();
+  }
+
   // The status snapshot (every 2 s) is fresher than health (every 10 s): it wins.
+  function renderPanelFact() {
+    const display = (status && status.display) || {};
+    const check = healthChecks().display || {};
+    const driver = display.driver || check.driver;
+    let words = "—";
+    if (display.status === "degraded" || (check.status && check.status !== "ok")) words = "not responding";
+    else if (display.status === "off") words = "off (brightness 0)";
+    else if (driver === "headless") words = "none (preview only)";
+    else if (driver) words = "OK";
+    setText($("#health-panel-state"), words);
+  }
+
+  function renderHealthDetails(data) {
+    const checks = data.checks || {};
+    const history = Array.isArray(data.history) ? data.history : [];
+    const last = history.length ? history[history.length - 1] : {};
+    const rss = numberOr((checks.memory || {}).rss_mb, numberOr(last.rss_mb, null));
+    setText($("#health-rss"), rss === null ? "—" : fmtMB(rss));
+    const cpu = numberOr((checks.cpu || {}).percent, numberOr(last.cpu_percent, null));
+    setText($("#health-cpu"), cpu === null ? "—" : Math.round(cpu) + "%");
+    const temp = numberOr((checks.temperature || {}).temp_c, numberOr(last.temp_c, null));
+    setText($("#health-temp-detail"), temp === null ? "no sensor" : num(temp, 1) + " °C");
+    const uptime = numberOr(data.uptime_sec, null);
+    setText($("#health-uptime"), fmtUptime(uptime));
+    renderBreaker();
+    sparkline($("#chart-rss"), history.map((p) => p && p.rss_mb));
+    sparkline($("#chart-cpu"), history.map((p) => p && p.cpu_percent));
+    sparkline($("#chart-temp"), history.map((p) => p && p.temp_c));
+  }
+
   function renderBreaker() {
     const fromStatus = status && status.display && status.display.breaker;
-    const checks = (health && health.checks) || {};
+    const checks = healthChecks();
     const nested = [checks.display && checks.display.breaker, checks.breaker]
       .find((b) => b && typeof b === "object" && typeof b.state === "string");
-    const breaker = fromStatus || (nested && nested.state) ||
-      findString(health, ["breaker", "state"], ["breaker", "display"]) || "—";
+    const breaker = fromStatus || (nested && nested.state) || "—";
     setText($("#health-breaker"), String(breaker).replace("_", "-"));
+  }
+
+  // Labels and units for the numbers inside the checks (the details list).
+  const DETAIL_LABELS = {
+    rss_mb: "LOOP", children_rss_mb: "helpers", total_mb: "total", limit_mb: "budget",
+    available_mb: "available", min_mb: "needs at least", free_mb: "free",
+    free_percent: "free", min_percent: "needs at least", temp_c: "now", max_c: "limit",
+    percent: "busy", load1: "load (1 min)", open_fds: "open files",
+    display_age_sec: "panel beat", http_age_sec: "web beat", monitor_age_sec: "monitor beat",
+    stale_after_sec: "stale after", watchdog: "systemd watchdog", watchdog_pings: "watchdog pings",
+    frames_shown: "frames shown", late_frames: "late frames", index_writes: "index writes",
+    pending_render: "waiting to render", dropped: "privileges dropped",
+  };
+  const DETAIL_SKIP = new Set(["status", "reason", "ok"]);
+
+  function detailValue(key, value) {
+    if (typeof value === "boolean") {
+      if (key === "watchdog") return value ? "on" : "not used";
+      return value ? "yes" : "no";
+    }
+    if (typeof value === "string") return value;
+    if (/_mb$/.test(key)) return fmtMB(value);
+    if (/percent$/.test(key)) return Math.round(value) + "%";
+    if (/_sec$/.test(key)) return value < 10 ? value.toFixed(1) + " s" : fmtUptime(value);
+    if (/_c$/.test(key)) return num(value, 1) + " °C";
+    return Number.isInteger(value) ? String(value) : value.toFixed(2);
+  }
+
+  function detailLine(c) {
+    const parts = [];
+    for (const [key, value] of Object.entries(c)) {
+      if (DETAIL_SKIP.has(key) || value === null || value === undefined) continue;
+      const shown = typeof value === "number" ? isFinite(value)
+        : typeof value === "boolean" || (typeof value === "string" && value.length < 40);
+      if (!shown) continue;
+      parts.push((DETAIL_LABELS[key] || key.replace(/_/g, " ")) + " " + detailValue(key, value));
+    }
+    return parts.slice(0, 6).join(" · ");
   }
 
   function renderChecks(checks) {
@@ -1376,7 +1809,7 @@
     for (const li of Array.from(list.children)) existing.set(li.getAttribute("data-check"), li);
     const names = Object.keys(checks).sort((a, b) => {
       const bad = (n) => ((checks[n] && checks[n].status) === "ok" ? 1 : 0);
-      return bad(a) - bad(b) || a.localeCompare(b);
+      return bad(a) - bad(b) || checkName(a).localeCompare(checkName(b));
     });
     let cursor = list.firstChild;
     for (const name of names) {
@@ -1385,7 +1818,7 @@
       if (!li) {
         li = h("li", { class: "check", "data-check": name }, [
           h("span", { class: "check-dot", "aria-hidden": "true" }),
-          h("span", { class: "check-name", text: name.replace(/_/g, " ") }),
+          h("span", { class: "check-name", text: checkName(name) }),
           h("span", { class: "check-status" }),
           h("span", { class: "check-reason muted" }),
           h("span", { class: "check-nums muted" }),
@@ -1393,17 +1826,9 @@
       }
       existing.delete(name);
       setAttr(li, "data-status", c.status || "unknown");
-      setText(li.querySelector(".check-status"), c.status || "unknown");
+      setText(li.querySelector(".check-status"), c.status === "ok" ? "OK" : c.status || "unknown");
       setText(li.querySelector(".check-reason"), c.reason || "");
-      const nums = [];
-      for (const [key, value] of Object.entries(c)) {
-        if (typeof value === "number" && isFinite(value)) {
-          nums.push(key.replace(/_/g, " ") + " " + (Number.isInteger(value) ? value : value.toFixed(1)));
-        } else if (typeof value === "boolean" && key !== "ok") {
-          nums.push(key.replace(/_/g, " ") + " " + (value ? "yes" : "no"));
-        }
-      }
-      setText(li.querySelector(".check-nums"), nums.slice(0, 6).join(" · "));
+      setText(li.querySelector(".check-nums"), detailLine(c));
       if (li !== cursor) list.insertBefore(li, cursor); else cursor = cursor.nextSibling;
     }
     for (const li of existing.values()) li.remove();
@@ -1470,24 +1895,9 @@
     }
   }
 
-  // ---------------------------------------------------------------- wiring
-  function wire() {
-    $("#btn-play").addEventListener("click", () => {
-      const state = $("#btn-play").getAttribute("data-state");
-      transport(state === "playing" ? "pause" : "play");
-    });
-    $("#btn-prev").addEventListener("click", () => transport("previous"));
-    $("#btn-next").addEventListener("click", () => transport("next"));
-    $("#mode-select").addEventListener("change", (e) => setMode(e.target.value));
-    const slider = $("#brightness");
-    slider.addEventListener("input", () => brightnessInput(false));
-    slider.addEventListener("change", () => brightnessInput(true));
 
-    const input = $("#file-input");
-    input.addEventListener("change", () => {
-      addFiles(input.files);
-      input.value = "";
-    });
+  // ---------------------------------------------------------------- wiring
+  function wireDrop() {
     const zone = $("#drop-zone");
     const hasFiles = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes("Files");
     let depth = 0;
@@ -1513,16 +1923,12 @@
       zone.classList.remove("drag-over");
       addFiles(e.dataTransfer.files);
     });
+  }
 
-    $("#upload-clear").addEventListener("click", () => {
-      for (const [key, up] of uploads) {
-        if (!ACTIVE_UPLOAD.has(up.state)) { up.row.remove(); uploads.delete(key); }
-      }
-      renderUploadSummary();
-    });
-
+  function wireToken() {
     $("#token-form").addEventListener("submit", (e) => {
       e.preventDefault();
+      beginAction();
       auth.submit($("#token-input").value.trim());
     });
     $("#token-cancel").addEventListener("click", () => auth.cancel());
@@ -1538,6 +1944,38 @@
     document.addEventListener("keydown", (e) => {
       if (e.key === "Escape" && !$("#token-overlay").hidden) auth.cancel();
     });
+  }
+
+  function wire() {
+    $("#btn-play").addEventListener("click", () => {
+      const state = $("#btn-play").getAttribute("data-state");
+      transport(state === "playing" ? "pause" : "play");
+    });
+    $("#btn-prev").addEventListener("click", () => transport("previous"));
+    $("#btn-next").addEventListener("click", () => transport("next"));
+    $("#mode-select").addEventListener("change", (e) => setMode(e.target.value));
+    $("#fit-select").addEventListener("change", (e) => setFit(e.target.value));
+    const slider = $("#brightness");
+    slider.addEventListener("input", () => brightnessInput(false));
+    slider.addEventListener("change", () => brightnessInput(true));
+
+    const input = $("#file-input");
+    input.addEventListener("change", () => {
+      addFiles(input.files);
+      input.value = "";
+    });
+    $("#library-empty-add").addEventListener("click", () => input.click());
+    wireDrop();
+
+    $("#upload-clear").addEventListener("click", () => {
+      for (const [key, up] of uploads) {
+        if (!ACTIVE_UPLOAD.has(up.state)) { up.row.remove(); uploads.delete(key); }
+      }
+      renderUploadSummary();
+    });
+
+    $("#offline-retry").addEventListener("click", tryNow);
+    wireToken();
 
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden) for (const p of Object.values(pollers)) p.poke();
@@ -1545,20 +1983,16 @@
     window.addEventListener("online", () => {
       for (const p of Object.values(pollers)) { p.failures = 0; p.poke(); }
     });
-    on("reconnected", () => { loadLibrary(); });
+    on("reconnected", () => { loadDisplay(); loadLibrary(); });
   }
 
   // ---------------------------------------------------------------- extension points
-  // Issue 10 will add two panels without touching the pollers:
-  //   - schedule: on("status", s => ...) renders the active rule / override / next change into
-  //     #schedule-body and unhides #schedule-panel; edits go through api("PUT", "/api/schedule").
-  //   - backup/restore: a download button fetching /api/backup with api()'s token header (or a
-  //     plain link when no token is set) and a restore file input sent with xhrSend() for
-  //     upload progress, both in #maintenance-body, unhiding #maintenance-panel.
-  // (operator.js implements both; `token`/`requireToken` let it send the token with a plain
-  // fetch for the backup download and ask for it after a 401 from xhrSend.)
+  // operator.js adds the schedule and backup/restore panels without touching the pollers:
+  // on("status"/"reconnected"), api()/xhrSend() with the token, notify()/beginAction() for
+  // messages; `token`/`requireToken` let it send the token with a plain
+  // fetch for the backup download and ask for it after a 401 from xhrSend.
   window.LOOP = Object.freeze({
-    api, xhrSend, on, notify, explain, loadLibrary, h,
+    api, xhrSend, on, notify, beginAction, explain, loadLibrary, h,
     token: () => auth.token(),
     requireToken: (rejected) => auth.require(Boolean(rejected)),
   });
@@ -1572,6 +2006,7 @@
     pollers.health.run();
     pollers.progress.run();
     loadLibrary();
+    loadDisplay();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -9,15 +9,21 @@
  *                              data-next-change (ISO time or "")
  *   #schedule-zone             the time zone the times are in
  *   #schedule-rules            li[data-testid=schedule-rule][data-index][data-invalid?] with
- *                              input[data-testid=rule-name|rule-start|rule-end|rule-brightness],
+ *                              input[data-testid=rule-name|rule-start|rule-end|rule-brightness]
+ *                              (start/end: type=text, 24-hour "HH:MM"; "2200" or "7" are
+ *                              tidied to "22:00" / "07:00"),
  *                              input[data-testid=rule-day][value=monday…sunday] (none = every
- *                              day), button[data-testid=rule-remove]
+ *                              day; each a 44 px toggle: the checkbox covers its label),
+ *                              button[data-testid=rule-remove]
  *   #schedule-add, #schedule-save, #schedule-revert  (same data-testid)
- *   #schedule-message          [data-testid=schedule-message] the last save's error or result
+ *   #schedule-message          [data-testid=schedule-message] the last save's error or result;
+ *                              cleared when the next save starts ("saved" also on any edit)
  *   #maintenance-panel         unhidden at start
  *   #backup-download           [data-testid=backup-download] downloads loop-backup-….tar
  *   #backup-status             [data-testid=backup-status] data-state idle|working|done|failed
- *   #restore-file              [data-testid=restore-file] <input type=file accept=.tar>
+ *   #restore-file              [data-testid=restore-file] <input type=file accept=.tar>, hidden
+ *                              inside the button-like label [data-testid=restore-choose];
+ *                              #restore-file-name shows the file picked
  *   #restore-start             [data-testid=restore-start] asks window.confirm first
  *   #restore-progress          [data-testid=restore-progress] <progress>
  *   #restore-status            [data-testid=restore-status] data-state idle|uploading|checking|
@@ -54,6 +60,37 @@
     if (days === 1) return "tomorrow " + hhmm;
     if (days > 1 && days < 7) return DAY_LABELS[(then.getUTCDay() + 6) % 7] + " " + hhmm;
     return match[1] + "-" + match[2] + "-" + match[3] + " " + hhmm;
+  }
+
+  // ---------------------------------------------------------------- times
+  // Times are typed as text, not <input type=time>: a time picker follows the phone's locale
+  // ("10:00 PM") while LOOP, its status and its errors use 24-hour "HH:MM". A phone's number
+  // pad has no colon, so digits alone are tidied: "7" -> "07:00", "730" -> "07:30",
+  // "2200" -> "22:00"; anything else is left as typed for the server to name.
+  const TIME_PATTERN = "([01][0-9]|2[0-3]):[0-5][0-9]";
+
+  function tidyTime(text) {
+    const typed = String(text || "").trim();
+    let match = /^(\d{1,2})[:.h ](\d{2})$/.exec(typed);
+    if (!match && /^\d{1,4}$/.test(typed)) {
+      match = typed.length <= 2 ? [typed, typed, "00"] : [typed, typed.slice(0, -2), typed.slice(-2)];
+    }
+    if (!match || Number(match[1]) > 23 || Number(match[2]) > 59) return typed;
+    return match[1].padStart(2, "0") + ":" + match[2];
+  }
+
+  function timeInput(testid, value, onValue) {
+    const input = h("input", {
+      type: "text", class: "time-input", "data-testid": testid, value: value || "",
+      inputmode: "numeric", pattern: TIME_PATTERN, placeholder: "HH:MM", maxlength: 5,
+      autocomplete: "off", spellcheck: "false", required: true,
+    });
+    input.addEventListener("input", () => onValue(input.value.trim()));
+    input.addEventListener("change", () => {
+      input.value = tidyTime(input.value);
+      onValue(input.value);
+    });
+    return input;
   }
 
   // ---------------------------------------------------------------- schedule
@@ -99,6 +136,9 @@
   }
 
   function markDirty() {
+    // an edit makes "Schedule saved." untrue; an error stays until the next save
+    const message = $("#schedule-message");
+    if (message.dataset.kind !== "error") showMessage("");
     schedule.dirty = true;
     $("#schedule-save").disabled = false;
     $("#schedule-revert").disabled = false;
@@ -109,7 +149,8 @@
     const update = (fn) => (e) => { fn(e.target); markDirty(); };
     const dayBoxes = DAYS.map((day, i) => h("label", { class: "day", title: day }, [
       h("input", {
-        type: "checkbox", value: day, "data-testid": "rule-day", checked: days.has(day),
+        type: "checkbox", class: "day-input", value: day, "data-testid": "rule-day",
+        checked: days.has(day), "aria-label": day[0].toUpperCase() + day.slice(1),
         onchange: update((el) => {
           const set = new Set(schedule.rules[index].days || []);
           if (el.checked) set.add(day); else set.delete(day);
@@ -117,7 +158,7 @@
           renderDaysHint(index);
         }),
       }),
-      h("span", { text: DAY_LABELS[i] }),
+      h("span", { class: "day-face", "aria-hidden": "true", text: DAY_LABELS[i] }),
     ]));
     return h("li", { class: "rule", "data-testid": "schedule-rule", "data-index": index }, [
       h("div", { class: "rule-line" }, [
@@ -138,22 +179,16 @@
       h("div", { class: "rule-line" }, [
         h("label", { class: "field field-inline" }, [
           h("span", { class: "field-label", text: "From" }),
-          h("input", {
-            type: "time", "data-testid": "rule-start", value: rule.start, required: true,
-            oninput: update((el) => { schedule.rules[index].start = el.value; }),
-          }),
+          timeInput("rule-start", rule.start, (value) => { schedule.rules[index].start = value; markDirty(); }),
         ]),
         h("label", { class: "field field-inline" }, [
           h("span", { class: "field-label", text: "to" }),
-          h("input", {
-            type: "time", "data-testid": "rule-end", value: rule.end, required: true,
-            oninput: update((el) => { schedule.rules[index].end = el.value; }),
-          }),
+          timeInput("rule-end", rule.end, (value) => { schedule.rules[index].end = value; markDirty(); }),
         ]),
         h("label", { class: "field field-inline" }, [
           h("span", { class: "field-label", text: "Brightness" }),
           h("input", {
-            type: "number", min: 0, max: 100, step: 1, class: "rule-brightness",
+            type: "number", min: 0, max: 100, step: 1, class: "rule-brightness", inputmode: "numeric",
             "data-testid": "rule-brightness", value: rule.brightness, required: true,
             oninput: update((el) => {
               schedule.rules[index].brightness = el.value === "" ? null : Number(el.value);
@@ -162,9 +197,10 @@
           h("span", { class: "muted", text: "%" }),
         ]),
       ]),
-      h("div", { class: "rule-line days" }, dayBoxes.concat([
+      h("div", { class: "rule-line" }, [
+        h("div", { class: "days", role: "group", "aria-label": "Days (none: every day)" }, dayBoxes),
         h("span", { class: "muted days-hint", "data-hint": index }),
-      ])),
+      ]),
     ]);
   }
 
@@ -213,13 +249,16 @@
   }
 
   async function saveSchedule() {
+    LOOP.beginAction();
+    showMessage("");
     const button = $("#schedule-save");
     button.disabled = true;
     for (const li of document.querySelectorAll("#schedule-rules [data-invalid]")) {
       li.removeAttribute("data-invalid");
     }
     const rules = schedule.rules.map((r) => {
-      const out = { days: r.days || [], start: r.start, end: r.end, brightness: r.brightness };
+      const out = { days: r.days || [], start: tidyTime(r.start), end: tidyTime(r.end),
+        brightness: r.brightness };
       if (r.name) out.name = r.name;
       return out;
     });
@@ -227,7 +266,6 @@
       const res = await LOOP.api("PUT", "/api/schedule", { json: { rules } });
       applyServer(res.data);
       showMessage("Schedule saved.", "ok");
-      LOOP.notify("Schedule saved.");
     } catch (err) {
       const text = LOOP.explain(err);
       const match = /^rules\[(\d+)\]\.?(\w+)?/.exec(err.message || "");
@@ -257,6 +295,7 @@
         h("button", { type: "button", id: "schedule-add", class: "btn btn-small",
           "data-testid": "schedule-add", text: "Add rule",
           onclick: () => {
+            LOOP.beginAction();
             schedule.rules.push({ days: [], start: "22:00", end: "07:00", brightness: 10 });
             renderRules();
             markDirty();
@@ -265,7 +304,7 @@
           } }),
         h("button", { type: "button", id: "schedule-revert", class: "btn btn-small btn-quiet",
           "data-testid": "schedule-revert", text: "Undo changes", disabled: true,
-          onclick: () => { schedule.dirty = false; showMessage(""); loadSchedule(); } }),
+          onclick: () => { LOOP.beginAction(); schedule.dirty = false; showMessage(""); loadSchedule(); } }),
         h("button", { type: "button", id: "schedule-save", class: "btn btn-small btn-primary",
           "data-testid": "schedule-save", text: "Save schedule", disabled: true,
           onclick: saveSchedule }),
@@ -295,6 +334,7 @@
   }
 
   async function downloadBackup() {
+    LOOP.beginAction();
     const status = $("#backup-status");
     const button = $("#backup-download");
     button.disabled = true;
@@ -357,6 +397,7 @@
 
   // ---------------------------------------------------------------- restore
   async function restore() {
+    LOOP.beginAction();
     const input = $("#restore-file");
     const file = input.files && input.files[0];
     const status = $("#restore-status");
@@ -393,6 +434,7 @@
             " being prepared for the panel." : "."));
           LOOP.notify("Library restored from " + file.name + ".");
           input.value = "";
+          showPickedFile();
           LOOP.loadLibrary();
           schedule.dirty = false;
           loadSchedule();
@@ -412,6 +454,12 @@
     }
   }
 
+  function showPickedFile() {
+    const input = $("#restore-file");
+    const file = input.files && input.files[0];
+    $("#restore-file-name").textContent = file ? file.name + " (" + size(file.size) + ")" : "No file chosen";
+  }
+
   function buildMaintenancePanel() {
     const body = $("#maintenance-body");
     body.replaceChildren(
@@ -425,10 +473,17 @@
           "data-state": "idle", role: "status", "aria-live": "polite" }),
       ]),
       h("div", { class: "restore" }, [
-        h("label", { class: "field" }, [
-          h("span", { class: "field-label", text: "Restore from a backup" }),
-          h("input", { type: "file", id: "restore-file", "data-testid": "restore-file",
-            accept: ".tar,application/x-tar" }),
+        h("p", { class: "field-label", text: "Restore from a backup" }),
+        // a native file input is a small, unstyleable control: it sits hidden inside a
+        // button-sized label, which opens the picker and shows the keyboard focus
+        h("div", { class: "row-actions" }, [
+          h("label", { class: "btn btn-small file-button", "data-testid": "restore-choose" }, [
+            h("input", { type: "file", id: "restore-file", class: "visually-hidden",
+              "data-testid": "restore-file", accept: ".tar,application/x-tar",
+              onchange: () => { LOOP.beginAction(); setState($("#restore-status"), "idle", ""); showPickedFile(); } }),
+            "Choose backup file…",
+          ]),
+          h("span", { id: "restore-file-name", class: "muted small file-name", text: "No file chosen" }),
         ]),
         h("div", { class: "row-actions" }, [
           h("button", { type: "button", id: "restore-start", class: "btn btn-small btn-danger",

@@ -1,7 +1,8 @@
 """Builds the components from config, starts them in order, handles signals, stops them.
 
-Start order (DESIGN.md): bind the listening socket, open the hardware, drop privileges, load
-the library, start the display and monitor threads, serve requests, then `READY=1`.
+Start order (docs/architecture.md, "Start and stop"): bind the listening socket, open the
+hardware, drop privileges, load the library, start the display and monitor threads, serve
+requests, then `READY=1`.
 """
 
 from __future__ import annotations
@@ -9,22 +10,29 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
-import pwd
 import signal
-import socket
 import sys
 import threading
 import time
 
-from loop import __version__, backup, config, display, media, schedule, server
-from loop.api import Api
-from loop.breaker import Breaker
-from loop.maintenance import Maintenance
-from loop.monitor import Monitor
-from loop.player import Player
-from loop.sdnotify import Notifier
-from loop.store import Store, lock_data_dir
-from loop.uploads import Intake, Jobs
+from loop import __version__, config, schedule
+from loop.display import guard
+from loop.display.factory import open_driver
+from loop.http import server
+from loop.http.api import Api
+from loop.library import backup
+from loop.library.intake import Intake
+from loop.library.jobs import Jobs
+from loop.library.maintenance import Maintenance
+from loop.library.store import Store, lock_data_dir
+from loop.media.errors import MediaError
+from loop.media.geometry import Target
+from loop.playback.breaker import Breaker
+from loop.playback.player import Player
+from loop.system import addresses
+from loop.system.monitor import Monitor
+from loop.system.privileges import drop_privileges, service_user, set_service_groups
+from loop.system.sdnotify import Notifier
 
 log = logging.getLogger("loop.app")
 
@@ -70,9 +78,9 @@ class App:
         self.jobs = Jobs(cfg.processing.job_cleanup_hours * 3600)
         self._restoring = threading.Lock()  # one restore at a time
         self._data_lock: int | None = None  # fd holding DATA/loop.lock while running
-        self.slots = threading.BoundedSemaphore(cfg.processing.max_concurrent_jobs)
-        self.intake = Intake(self.store, self.jobs, cfg, self.target, self.slots)
-        self.maintenance = Maintenance(self.store, self.jobs, self.slots, self.target,
+        self.job_slots = threading.BoundedSemaphore(cfg.processing.max_concurrent_jobs)
+        self.intake = Intake(self.store, self.jobs, cfg, self.target, self.job_slots)
+        self.maintenance = Maintenance(self.store, self.jobs, self.job_slots, self.target,
                                        lambda: self.cfg, self._library_changed)
         self.intake.after_commit = self.maintenance.schedule
         self.api = Api(self)
@@ -81,7 +89,7 @@ class App:
                                cfg.display.breaker_max_reset_sec)
         self.driver = None
         self.display_reason: str | None = None
-        self.panel_lock = display.PanelLock(cfg.system.data_dir)
+        self.panel_lock = guard.PanelLock(cfg.system.data_dir)
         self._was_root = os.geteuid() == 0
         self.privileges = {"user": None, "dropped": False, "reason": None}
         self.player: Player | None = None
@@ -99,7 +107,7 @@ class App:
         if self._driver is not None:
             self.driver, self.display_reason = self._driver, None
         else:
-            self.driver, self.display_reason = display.open_driver(
+            self.driver, self.display_reason = open_driver(
                 self.cfg.display, self.cfg.system.data_dir, module=self._module,
                 user=self._service_user(), root=self.root, busy=self._panel_busy())
         if self.display_reason:
@@ -123,6 +131,9 @@ class App:
         self.monitor.start()
         host, port = self.server.server_address[:2]
         print(f"LOOP listening on http://{host}:{port}", file=sys.stderr, flush=True)
+        if host in addresses.ALL_INTERFACES:
+            for where in self.url_lines():
+                print(f"  open http://{where}/ on the LAN", file=sys.stderr, flush=True)
         self.notifier.ready(f"serving on port {port}")
         self.maintenance.schedule()  # after READY=1: re-rendering never delays start-up
 
@@ -258,15 +269,17 @@ class App:
         self.privileges = drop_privileges(self.cfg, self._was_root)
 
     # ---- views for the API -------------------------------------------------------------
-    def target(self) -> media.Target:
+    def target(self) -> Target:
         fit = self.store.settings.get("fit", self.cfg.display.fit)
-        return media.Target(self.driver.width, self.driver.height, self.driver.pixel_format,
+        return Target(self.driver.width, self.driver.height, self.driver.pixel_format,
                             fit, getattr(self.driver, "rotation", 0))
 
     def url_lines(self) -> list[str]:
-        port = self.server.port if self.server else self.cfg.web.port
-        suffix = "" if port == 80 else f":{port}"
-        return [f"{primary_ip()}{suffix}"]
+        """Where people reach the dashboard (boot and "no media" screens)."""
+        if self.server is None:
+            return addresses.reachable(self.cfg.web.host, self.cfg.web.port)
+        host, port = self.server.server_address[:2]
+        return addresses.reachable(host, port)
 
     def reset_display(self) -> bool:
         """Operator reset: forget crash markers and breaker history; restart under systemd.
@@ -274,7 +287,7 @@ class App:
         The hardware cannot be reopened after privileges are dropped, so a fresh panel init
         needs a new process: exit status 75, which the unit restarts.
         """
-        display.clear_crash_marker(self.cfg.system.data_dir)
+        guard.clear_crash_marker(self.cfg.system.data_dir)
         self.player.command("reset_breaker")
         under_systemd = self.notifier.enabled or "INVOCATION_ID" in self.environ
         if under_systemd:
@@ -283,11 +296,11 @@ class App:
         return under_systemd
 
     def restore(self, read, length: int | None = None) -> dict:
-        """Replace the library with a backup read from `read(n)` (see loop/backup.py), then
+        """Replace the library with a backup read from `read(n)` (see loop/library/backup.py), then
         move the player, the schedule and the renderer to it. A refused archive raises and
         leaves the library exactly as it was."""
         if not self._restoring.acquire(blocking=False):
-            raise media.MediaError(409, "conflict", "a restore is already running")
+            raise MediaError(409, "conflict", "a restore is already running")
         try:
             job = self.jobs.create("restore")
             limit = int(self.cfg.media.max_restore_mb * 1024 * 1024)
@@ -380,7 +393,7 @@ class App:
                   f"{display_status}.{self.scheduler.version}.{self.store.settings_gen}"
         data = {"player": player.as_dict(self.player.frame_index),
                 "display": {"driver": self.driver.name, "status": display_status,
-                            "breaker": breaker},
+                            "breaker": breaker, "fit": self.store.settings.get("fit")},
                 "library": {"items": len(view.items), "bytes": view.bytes},
                 "schedule": self.scheduler.status(),
                 "jobs_active": jobs_active, "version": version}
@@ -415,71 +428,9 @@ class App:
                             for s in list(self.monitor.history)]}
 
 
-# ---- privileges (shared with the self-test) ----------------------------------------------------
-
-def service_user(cfg: config.Config) -> str | None:
-    """The user to drop to, when started as root and that user exists."""
-    if os.geteuid() != 0 or not cfg.display.drop_privileges:
-        return None
-    try:
-        pwd.getpwnam(cfg.system.user)
-    except KeyError:
-        return None
-    return cfg.system.user
-
-
-def set_service_groups(cfg: config.Config) -> None:
-    """Before the panel opens: the LED library drops only uid/gid, so root's supplementary
-    groups would survive it; take the service user's groups first."""
-    user = service_user(cfg)
-    if user:
-        os.setgroups(os.getgrouplist(user, pwd.getpwnam(user).pw_gid))
-
-
-def drop_privileges(cfg: config.Config, was_root: bool) -> dict:
-    """Started as root (`was_root`, before the panel opened): become system.user once the
-    hardware is open, unless the LED library already did. Returns what happened
-    ({"user", "dropped", "reason"}), which health and the self-test report."""
-    if not was_root:
-        return {"user": _user_name(), "dropped": False, "reason": "not root"}
-    if os.geteuid() != 0:  # the LED library dropped to the service user itself
-        return {"user": _user_name(), "dropped": True, "reason": None}
-    if not cfg.display.drop_privileges:
-        return {"user": "root", "dropped": False, "reason": "display.drop_privileges is false"}
-    name = cfg.system.user
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        log.warning("running as root: the service user %r does not exist", name)
-        return {"user": "root", "dropped": False, "reason": f"user {name} does not exist"}
-    os.setgroups(os.getgrouplist(name, entry.pw_gid))
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    return {"user": name, "dropped": True, "reason": None}
-
 
 def _flat(cfg: config.Config) -> dict:
     return {f"{s}.{k}": v for s, keys in cfg.as_dict().items() for k, v in keys.items()}
-
-
-def _user_name() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
-
-
-def primary_ip() -> str:
-    """The first non-loopback IPv4 address (no packet is sent by a UDP connect)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing lookup only
-            address = probe.getsockname()[0]
-            if not address.startswith("127."):
-                return address
-    except OSError:
-        pass
-    return socket.gethostname()
 
 
 def main(argv=None) -> int:
@@ -496,7 +447,7 @@ def main(argv=None) -> int:
         print(f"loop: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.selftest:
-        from loop import selftest
+        from loop.service import selftest  # here, not at the top: the service never loads it
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                             format="%(levelname)s %(name)s: %(message)s")
         if args.pattern_sec is None:

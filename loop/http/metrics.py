@@ -13,7 +13,7 @@ import re
 import time
 
 from loop import __version__
-from loop.monitor import throttle_flags
+from loop.system.soc import throttle_flags
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MB = 2**20

@@ -12,21 +12,21 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import multipart
 
-from loop import media
-from loop.frames import FrameFile
-from loop.maintenance import render_key
-from loop.media import MediaError
-from loop.store import MAX_NAME, Store, now_iso, storage_error
+from loop.library.jobs import Job, Jobs
+from loop.library.maintenance import render_key
+from loop.library.store import MAX_NAME, Store, now_iso
+from loop.media import render
+from loop.media.errors import MediaError, storage_error
+from loop.media.frames import FrameFile
 
-log = logging.getLogger("loop.uploads")
+log = logging.getLogger("loop.intake")
 
 CHUNK = 64 * 1024
 UPLOAD_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
-STAGES = ("receiving", "decoding", "rendering", "done", "failed")
 
 
 def clean_name(name: str | None, fallback: str = "upload") -> str:
@@ -34,82 +34,6 @@ def clean_name(name: str | None, fallback: str = "upload") -> str:
     name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if ch.isprintable()).strip()
     return name[:MAX_NAME] or fallback
-
-
-@dataclass
-class Job:
-    id: str
-    name: str
-    stage: str = "receiving"
-    progress: float = 0.0
-    item: str | None = None
-    error: str | None = None
-    updated_at: str = field(default_factory=now_iso)
-    finished: float | None = None  # monotonic time it reached done/failed
-
-    def as_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "stage": self.stage,
-                "progress": round(self.progress, 3), "item": self.item, "error": self.error,
-                "updated_at": self.updated_at}
-
-
-class Jobs:
-    """Upload and render jobs shown in /api/poll/progress; finished ones expire."""
-
-    def __init__(self, keep_sec: float, clock=time.monotonic):
-        self.keep_sec = keep_sec
-        self._clock = clock
-        self._jobs: dict[str, Job] = {}
-        self._lock = threading.Lock()
-        self.version = 0
-        self.outcomes = {"done": 0, "failed": 0}
-
-    def create(self, name: str, job_id: str | None = None) -> Job:
-        with self._lock:
-            taken = job_id in self._jobs and self._jobs[job_id].finished is None
-            if not job_id or taken:  # a finished job's id may be reused (a client's retry)
-                job_id = (job_id + "-" if job_id else "") + uuid.uuid4().hex[:8]
-            job = Job(job_id, name)
-            self._jobs[job_id] = job
-            self.version += 1
-            return job
-
-    def update(self, job: Job, stage: str | None = None, progress: float | None = None,
-               item: str | None = None, error: str | None = None) -> None:
-        with self._lock:
-            if stage and stage != job.stage:
-                job.stage = stage
-                self.version += 1
-                if stage in ("done", "failed"):
-                    job.finished = self._clock()
-                    self.outcomes[stage] += 1
-            if progress is not None:
-                job.progress = max(0.0, min(1.0, progress))
-            if item is not None:
-                job.item = item
-            if error is not None:
-                job.error = error
-            job.updated_at = now_iso()
-
-    def list(self) -> list[dict]:
-        with self._lock:
-            return [job.as_dict() for job in self._jobs.values()]
-
-    @property
-    def active(self) -> int:
-        return sum(1 for job in list(self._jobs.values()) if job.finished is None)
-
-    def expire(self) -> int:
-        """Forget finished jobs older than `keep_sec`; returns how many."""
-        cutoff = self._clock() - self.keep_sec
-        with self._lock:
-            old = [k for k, j in self._jobs.items()
-                   if j.finished is not None and j.finished < cutoff]
-            for key in old:
-                del self._jobs[key]
-            if old:
-                self.version += 1
-        return len(old)
 
 
 @dataclass
@@ -125,10 +49,10 @@ class Received:
 class Intake:
     """Turns request bodies into library items."""
 
-    def __init__(self, store: Store, jobs: Jobs, cfg, target, slots: threading.Semaphore):
+    def __init__(self, store: Store, jobs: Jobs, cfg, target, job_slots: threading.Semaphore):
         self.store, self.jobs, self.cfg = store, jobs, cfg
         self.target = target  # callable -> media.Target for the current panel and fit
-        self.slots = slots
+        self.job_slots = job_slots  # decodes at once (processing.max_concurrent_jobs)
         self.after_commit = None  # called after a new item is stored (re-render check)
 
     # ---- admission (before a byte of the body is read) ---------------------------------
@@ -176,28 +100,21 @@ class Intake:
         try:
             parser = multipart.PushMultipartParser(boundary, length, max_segment_count=64,
                                                    strict=True)
-            remaining = length
-            with parser:
-                while not parser.closed:
-                    chunk = read(min(CHUNK, remaining)) if remaining > 0 else b""
-                    if remaining > 0 and not chunk:
-                        raise MediaError(400, "bad_request", "the body ended early")
-                    remaining -= len(chunk)
-                    for event in parser.parse(chunk):
-                        if isinstance(event, multipart.MultipartSegment):
-                            if event.name == "file" and event.filename is not None:
-                                # the first file takes the client's id, later ones
-                                # <id>-<random> (Jobs.create makes a taken id unique)
-                                job = self.jobs.create(clean_name(event.filename), upload_id)
-                                sink = _Sink(directory, job, self.jobs, length)
-                        elif event is None:
-                            if sink is not None:
-                                files.append(sink.close(sink.job.name))
-                            sink = None
-                        elif sink is not None:
-                            sink.write(event)
-                    if not chunk:
-                        break
+            # parse_blocking reads at most `length` bytes; a body that ends early is an
+            # empty read, which the parser reports as an incomplete stream
+            for event in parser.parse_blocking(read, CHUNK):
+                if isinstance(event, multipart.MultipartSegment):
+                    if event.name == "file" and event.filename is not None:
+                        # the first file takes the client's id, later ones <id>-<random>
+                        # (Jobs.create makes a taken id unique)
+                        job = self.jobs.create(clean_name(event.filename), upload_id)
+                        sink = _Sink(directory, job, self.jobs, length)
+                elif event is None:
+                    if sink is not None:
+                        files.append(sink.close(sink.job.name))
+                    sink = None
+                elif sink is not None:
+                    sink.write(event)
         except multipart.MultipartError as exc:
             self._abandon(files, sink, directory)
             raise MediaError(400, "bad_request", f"malformed multipart body: {exc}") from None
@@ -220,7 +137,11 @@ class Intake:
 
     # ---- processing --------------------------------------------------------------------
     def process_all(self, files: list[Received]) -> tuple[int, list[dict]]:
-        """Decode and commit each received file in turn; (HTTP status, results)."""
+        """Decode and commit each received file in turn; (HTTP status, results).
+
+        The request succeeds when any file is in the library afterwards: 201 when one is
+        new, else 200 when one was there already; only when none is, the first failure's
+        status. Each file's own status is in its result, whatever the mix."""
         results = []
         try:
             for received in files:
@@ -229,10 +150,9 @@ class Intake:
             for received in files:
                 shutil.rmtree(os.path.dirname(received.path), ignore_errors=True)
         statuses = [r["status"] for r in results]
-        if 201 in statuses:
-            return 201, results
-        if all(s == 200 for s in statuses):
-            return 200, results
+        for success in (201, 200):
+            if success in statuses:
+                return success, results
         return next(s for s in statuses if s >= 400), results
 
     def process(self, received: Received) -> dict:
@@ -272,10 +192,10 @@ class Intake:
             def progress(fraction):
                 self.jobs.update(job, stage="rendering", progress=fraction)
             try:
-                rendered = media.render(received.path, frames_path, target, self.cfg.media,
+                rendered = render.render(received.path, frames_path, target, self.cfg.media,
                                         progress=progress, deadline=deadline)
                 frame_file = FrameFile(frames_path)
-                media.write_thumb(frame_file.frame(0), target,
+                render.write_thumb(frame_file.frame(0), target,
                                   os.path.join(staging, "thumb.png"))
                 frame_file.close()
                 os.rename(received.path, os.path.join(staging, f"original.{rendered.ext}"))

@@ -32,12 +32,12 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from loop.ratelimit import RateLimiter, rate_classes
+from loop.http.envelope import STATUS_CODES, HttpError, Response, envelope_error
+from loop.http.ratelimit import RateLimiter, rate_classes
 
 log = logging.getLogger("loop.server")
 access_log = logging.getLogger("loop.access")
@@ -52,17 +52,6 @@ MAX_HEAD_BYTES = 32 * 1024    # the whole head; more: 431
 MAX_HEADER_FIELDS = 64        # more: 431
 READ_BUFFER = 64 * 1024       # per connection
 _LENGTH = re.compile(r"[0-9]{1,15}")
-
-
-class HttpError(Exception):
-    """A protocol-level refusal (framing, admission, deadlines) answered before or instead of
-    the route's own answer."""
-
-    def __init__(self, status: int, code: str, message: str, headers=None, close=False):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = dict(headers or {})
-        self.close = close
 
 
 class _DeadlineStream(io.RawIOBase):
@@ -197,7 +186,6 @@ class Request:
     headers: object  # http.client.HTTPMessage
     client: str
     body: BodyReader | None
-    raw_path: str = ""
     version: str = "HTTP/1.1"
     client_key: str = ""  # what per-client limits count by (see `client_key`)
     rate_class: str = ""  # set by the API once the route is known
@@ -205,24 +193,6 @@ class Request:
     def arg(self, name: str, default=None):
         values = self.query.get(name)
         return values[0] if values else default
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: dict = field(default_factory=dict)
-    route_class: str = "none"  # the route's rate class, set by the API; for /metrics
-    # A streamed body instead of `body`: an iterable of byte chunks adding up to exactly
-    # `length` bytes (sent as Content-Length). Iterated while the answer is written, after the
-    # admission slot is released; an iterable that fails or comes up short cuts the connection.
-    stream: Iterable[bytes] | None = None
-    length: int = 0
-
-    @property
-    def content_length(self) -> int:
-        return self.length if self.stream is not None else len(self.body)
 
 
 class Counters:
@@ -297,7 +267,7 @@ class LoopServer(ThreadingHTTPServer):
         self.counters = Counters()
         self.heartbeat = time.monotonic()
         self.closing = False
-        self.slots = threading.BoundedSemaphore(web_cfg.max_concurrent_requests)
+        self.request_slots = threading.BoundedSemaphore(web_cfg.max_concurrent_requests)
         # The monitor calls `limiter.evict_idle()` now and then to drop refilled buckets.
         self.limiter = RateLimiter(rate_classes(web_cfg), web_cfg.rate_table_size)
         self._per_client: dict[str, int] = {}
@@ -459,6 +429,9 @@ class LoopHandler(BaseHTTPRequestHandler):
         self.server.counters.add("continues")
 
     # ---- one request -------------------------------------------------------------------
+    def version_string(self) -> str:
+        return self.server_version  # the stdlib appends " " + sys_version, here empty
+
     def __getattr__(self, name: str):
         # every method goes through one dispatcher; unknown ones get 405/404 from the API
         if name.startswith("do_"):
@@ -472,7 +445,7 @@ class LoopHandler(BaseHTTPRequestHandler):
         request = self._request = Request(
             method=self.command, path=unquote(parts.path), query=parse_qs(parts.query),
             headers=self.headers, client=self.client_address[0], body=None,
-            raw_path=parts.path, version=self.request_version,
+            version=self.request_version,
             client_key=client_key(self.client_address[0]))
         server.counters.add("in_flight")
         try:
@@ -489,7 +462,7 @@ class LoopHandler(BaseHTTPRequestHandler):
     def admission(self):
         """A slot of the bounded semaphore for the request's work, or 503 + Retry-After."""
         server = self.server
-        if not server.slots.acquire(timeout=server.web.admission_wait_ms / 1000):
+        if not server.request_slots.acquire(timeout=server.web.admission_wait_ms / 1000):
             server.counters.add("rejected")
             raise HttpError(503, "busy", "the server is busy; try again shortly",
                             {"Retry-After": "1"}, close=True)
@@ -497,7 +470,7 @@ class LoopHandler(BaseHTTPRequestHandler):
         try:
             yield
         finally:
-            server.slots.release()
+            server.request_slots.release()
 
     def frame_body(self, limit: int, key: str = "media.max_upload_mb") -> BodyReader | None:
         """The framing rules, before a byte of the body is read: Transfer-Encoding 501 (411
@@ -614,7 +587,6 @@ class LoopHandler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
     def _send_error(self, exc: HttpError) -> None:
-        from loop.api import envelope_error
         response = envelope_error(exc.status, exc.code, exc.message)
         response.headers.update(exc.headers)
         if exc.close:
@@ -624,7 +596,6 @@ class LoopHandler(BaseHTTPRequestHandler):
 
     def send_error(self, code, message=None, explain=None) -> None:
         """The stdlib's own refusals (request line, head size, version) as envelopes."""
-        from loop.api import STATUS_CODES
         if code == 431:
             message = (f"request header fields too large (at most {MAX_HEADER_FIELDS} fields, "
                        f"{MAX_HEADER_LINE // 1024} KiB a line, {MAX_HEAD_BYTES // 1024} KiB "
@@ -674,10 +645,11 @@ class LoopHandler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.client_address[0], format % args)
 
     def _log_access(self, status: int, size: int) -> None:
-        """One INFO line per request that got past the rate limiter, except polling, which is
-        only counted. Refusals before the limiter (protocol errors, allowlist, Host,
-        admission) and 429s are counted in `by_status` and logged at DEBUG: a flood must
-        not turn into a line per request on the SD card."""
+        """One INFO line per request that got past the rate limiter, except what an open
+        dashboard does all day: polling (only counted) and successful reads of the page,
+        thumbnails and the live preview (DEBUG). Refusals before the limiter (protocol
+        errors, allowlist, Host, admission) and 429s are counted in `by_status` and logged at
+        DEBUG: a flood must not turn into a line per request on the SD card."""
         counters = self.server.counters
         if status == 429:
             counters.add("rate_limited")
@@ -686,7 +658,8 @@ class LoopHandler(BaseHTTPRequestHandler):
             counters.add("polls")
             return
         level = logging.INFO
-        if not rate_class or status == 429 or not self.server.web.access_log:
+        if not rate_class or status == 429 or not self.server.web.access_log or \
+                (rate_class == "static" and status < 400):
             level = logging.DEBUG
         access_log.log(level, "client=%s method=%s path=%s status=%d bytes=%d ms=%.1f",
                        self.client_address[0], json.dumps(self.command or "-"),

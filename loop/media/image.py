@@ -1,16 +1,14 @@
-"""Decoding untrusted uploads into panel-sized frames with timings.
+"""Decoding untrusted images and animations (Pillow) into panel-sized frames with timings.
 
-The type is decided from the bytes, never from the file name: video containers are
-recognised by `loop.video.sniff` and go to ffmpeg (loop/video.py); everything else goes to
-Pillow with a `formats=` list. Every limit is checked before the work it protects: pixels
-from the header before decoding, frame count (GIFs by a bounded block walk) before
-rendering, the deadline between frames. The fit geometry here is shared with video.
+Pillow opens a file only with a `formats=` list. Every limit is checked before the work it
+protects: pixels from the header before decoding, frame count (GIFs by a bounded block walk)
+before rendering, the deadline between frames. `Rendered`, what a render made, is shared
+with video (loop/media/video.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 import os
@@ -21,8 +19,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps, features
 
-from loop import pixels
-from loop.frames import PIXEL_FORMATS, FrameWriter
+from loop.media.errors import MediaError, storage_error
+from loop.media.frames import PIXEL_FORMATS, FrameWriter
+from loop.media.geometry import PIXEL_ART_MAX_SIDE, Target, fit_image
+from loop.media.pixels import to_pixels
 
 log = logging.getLogger("loop.media")
 
@@ -40,34 +40,10 @@ if _avif_decoder():
     IMAGE_FORMATS.append("AVIF")
 EXTENSIONS = {"GIF": "gif", "PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp",
               "AVIF": "avif"}
-THUMB_MAX = (160, 160)
-# Upscaling by this factor or more, or from a source this small, is pixel art: keep it crisp.
-PIXEL_ART_MAX_SIDE = 128
 EXIF_ORIENTATION = 0x0112
 
 # A decompression-bomb warning is an error here; the real limit is checked from the header.
 warnings.simplefilter("error", Image.DecompressionBombWarning)
-
-
-class MediaError(Exception):
-    """A bad or unsupported upload: HTTP status, machine code and a sentence for people."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-@dataclass(frozen=True)
-class Target:
-    """What the panel wants: the picture's geometry, pixel format, fit mode, and the rotation
-    (degrees clockwise) frames are turned by before they are stored, so that a framebuffer
-    shows them with a plain copy (loop/pixels.py). Frame files keep the picture's
-    width x height; their bytes are in the device's scan order."""
-    width: int
-    height: int
-    pixel_format: str = "RGB24"
-    fit: str = "contain"
-    rotation: int = 0
 
 
 @dataclass
@@ -87,55 +63,6 @@ def gif_delay(duration) -> int:
     if not duration or duration <= 10:
         return 100
     return int(duration)
-
-
-def fit_geometry(source: tuple[int, int], target: Target) -> tuple[int, int, int, int]:
-    """(width, height, x, y): the scaled source and where it sits on the panel.
-
-    `contain` scales to fit inside and centres (x, y >= 0: letterbox), `cover` scales to fill
-    and centres the crop (x, y <= 0), `stretch` ignores the aspect ratio. Images (Pillow) and
-    videos (ffmpeg's scale/pad/crop) share this arithmetic, so both fit the same way.
-    """
-    tw, th = target.width, target.height
-    sw, sh = source
-    if target.fit == "stretch":
-        return tw, th, 0, 0
-    if target.fit == "contain":
-        scale = min(tw / sw, th / sh)
-        width, height = min(tw, max(1, round(sw * scale))), min(th, max(1, round(sh * scale)))
-        return width, height, (tw - width) // 2, (th - height) // 2
-    scale = max(tw / sw, th / sh)
-    width, height = max(tw, round(sw * scale)), max(th, round(sh * scale))
-    return width, height, -((width - tw) // 2), -((height - th) // 2)
-
-
-def is_pixel_art(source: tuple[int, int], scaled: tuple[int, int]) -> bool:
-    """Upscaling, or a source this small, is pixel art: nearest-neighbour keeps it crisp."""
-    upscaling = scaled[0] >= source[0] and scaled[1] >= source[1]
-    return upscaling or max(source) <= PIXEL_ART_MAX_SIDE
-
-
-def fit_image(img: Image.Image, target: Target) -> Image.Image:
-    """Fit an RGB image into the target geometry (contain, cover or stretch)."""
-    width, height, x, y = fit_geometry(img.size, target)
-    if is_pixel_art(img.size, (width, height)):
-        scaled = img.resize((width, height), Image.Resampling.NEAREST)
-    else:
-        scaled = img.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    if (width, height, x, y) == (target.width, target.height, 0, 0):
-        return scaled
-    canvas = Image.new("RGB", (target.width, target.height))
-    canvas.paste(scaled, (x, y))
-    return canvas
-
-
-def to_pixels(img: Image.Image, pixel_format: str, rotation: int = 0) -> bytes:
-    """Panel-sized RGB image -> the bytes the driver wants (RGB24, RGB565, BGRX), turned
-    clockwise by `rotation` degrees."""
-    try:
-        return pixels.encode(img, pixel_format, rotation)
-    except ValueError as exc:
-        raise MediaError(500, "internal", str(exc)) from None
 
 
 def _flatten(frame: Image.Image) -> Image.Image:
@@ -261,13 +188,6 @@ def _writing():
         raise storage_error(exc) from exc
 
 
-def storage_error(exc: OSError) -> MediaError:
-    """Map a write failure to the answer a client gets."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return MediaError(507, "insufficient_storage", "the device's storage is full")
-    return MediaError(500, "internal", f"storage write failed: {os.strerror(exc.errno or 0)}")
-
-
 def _frame_plan(n_frames: int, frame_size: int, media_cfg) -> tuple[int, int]:
     """(stride, keep): keep every stride-th frame, at most `keep` frames, within the budget.
 
@@ -384,36 +304,3 @@ def _render_frames(img, frames_path, target, media_cfg, progress, deadline) -> R
                     EXTENSIONS.get(fmt, "bin"))
 
 
-def render(path: str, frames_path: str, target: Target, media_cfg, **kwargs) -> Rendered:
-    """Decode any supported upload into `frames_path`: videos through ffmpeg, the rest with
-    Pillow. The container is recognised from the bytes; see loop/video.py."""
-    from loop import video  # video builds on this module's types
-
-    container = video.sniff(path)
-    if container is not None:
-        return video.render(path, container, frames_path, target, media_cfg, **kwargs)
-    return render_image(path, frames_path, target, media_cfg, **kwargs)
-
-
-def write_thumb(frame: bytes, target: Target, path: str) -> None:
-    """A PNG preview of the first rendered frame, scaled up crisply for the web page."""
-    img = frame_image(frame, target.width, target.height, target.pixel_format,
-                      target.rotation)
-    scale = max(1, min(THUMB_MAX[0] // target.width, THUMB_MAX[1] // target.height))
-    if scale > 1:
-        img = img.resize((target.width * scale, target.height * scale),
-                         Image.Resampling.NEAREST)
-    img.thumbnail(THUMB_MAX)
-    with open(path, "xb") as fh:  # durable like every other file of an item
-        img.save(fh, "PNG")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def frame_image(frame, width: int, height: int, pixel_format: str = "RGB24",
-                rotation: int = 0) -> Image.Image:
-    """A stored frame back as an upright RGB image of width x height (preview, thumbnails)."""
-    try:
-        return pixels.decode(frame, width, height, pixel_format, rotation)
-    except ValueError as exc:
-        raise MediaError(500, "internal", str(exc)) from None

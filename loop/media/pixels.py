@@ -25,7 +25,8 @@ from functools import lru_cache
 
 from PIL import Image, ImageChops
 
-from loop.frames import PIXEL_FORMATS
+from loop.media.errors import MediaError
+from loop.media.frames import PIXEL_FORMATS
 
 ROTATIONS = (0, 90, 180, 270)
 # Pillow's ROTATE_90 turns counter-clockwise; these turn clockwise (encode) and back (decode).
@@ -151,3 +152,21 @@ def _scale_tables(percent: int) -> tuple[list[int], ...]:
     return (_table(lambda v: (v * percent + 50) // 100),
             _table(lambda v: five[v >> 3] << 3), five,
             _table(lambda v: ((v & 0x3F) * percent + 50) // 100))
+
+
+def to_pixels(img: Image.Image, pixel_format: str, rotation: int = 0) -> bytes:
+    """Panel-sized RGB image -> the bytes the driver wants (RGB24, RGB565, BGRX), turned
+    clockwise by `rotation` degrees."""
+    try:
+        return encode(img, pixel_format, rotation)
+    except ValueError as exc:
+        raise MediaError(500, "internal", str(exc)) from None
+
+
+def frame_image(frame, width: int, height: int, pixel_format: str = "RGB24",
+                rotation: int = 0) -> Image.Image:
+    """A stored frame back as an upright RGB image of width x height (preview, thumbnails)."""
+    try:
+        return decode(frame, width, height, pixel_format, rotation)
+    except ValueError as exc:
+        raise MediaError(500, "internal", str(exc)) from None

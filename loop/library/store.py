@@ -3,12 +3,13 @@
 An item exists if and only if the index lists it. Commit: build the item in `tmp/`, fsync,
 rename into `media/`, fsync `media/`, then write the index. Delete: rename out into `tmp/`,
 write the index, then remove the files. Start-up recovery makes the directories agree with
-the index again (DESIGN.md, "Data directory").
+the index again (docs/architecture.md, "Data layout and the commit point").
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -19,8 +20,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from loop import frames
-from loop.media import MediaError, storage_error
+from loop.durable import fsync_dir, write_json_atomic
+from loop.media import frames
+from loop.media.errors import MediaError, storage_error
 
 log = logging.getLogger("loop.store")
 
@@ -36,38 +38,6 @@ def valid_id(text: str) -> bool:
     return bool(ID_PATTERN.match(text or ""))
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Temp file in the same directory, flush, fsync, `os.replace`, fsync the directory.
-
-    Any failure (ENOSPC, a failed fsync) raises and leaves the old file in place; a failed
-    fsync is never retried, since the kernel may already have dropped the dirty pages.
-    """
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(directory)
-
-
 LOCK_NAME = "loop.lock"
 
 
@@ -75,7 +45,6 @@ def lock_data_dir(data_dir: str) -> int:
     """Hold the data directory for this process (flock on DATA/loop.lock): the service while
     it runs, an offline restore while it swaps. Returns the fd (closing it releases the lock);
     raises BlockingIOError naming the problem when another process holds it."""
-    import fcntl
     fd = os.open(os.path.join(data_dir, LOCK_NAME), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
                  0o644)
     try:

@@ -15,19 +15,19 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from loop import media, screens
-from loop.frames import FrameFile, FrameFileError
+from loop.media import screens
+from loop.media.frames import FrameFile, FrameFileError
+from loop.media.pixels import to_pixels
 
 log = logging.getLogger("loop.player")
 
-MODES = ("all", "one", "shuffle")
 IDLE_WAKE_SEC = 1.0  # an idle thread still wakes this often to keep its heartbeat fresh
 COMMAND_WAIT_SEC = 2.0
 
 
 @dataclass(frozen=True)
 class PlayerStatus:
-    state: str  # playing | paused | idle
+    state: str  # starting (boot screen) | playing | paused | idle
     item: str | None
     name: str | None
     frames: int
@@ -53,7 +53,7 @@ class Screen:
         self.width, self.height = image.size
         self.pixel_format = pixel_format
         self.rotation = rotation
-        self._data = media.to_pixels(image, pixel_format, rotation)
+        self._data = to_pixels(image, pixel_format, rotation)
 
     def frame(self, index: int):
         return self._data
@@ -98,7 +98,6 @@ class Player(threading.Thread):
         self.frame_index = 0
         self.frames_shown = 0
         self.late_frames = 0
-        self.driver_failures = 0
         self.quarantined: frozenset = frozenset()
         self.preview = None  # (frames, index) of what the panel shows now
         self._now: _Playing | None = None
@@ -211,6 +210,7 @@ class Player(threading.Thread):
     def _cmd_screen(self, lines, seconds):
         self._screen_until = self.clock() + seconds
         self._show_screen(lines)
+        self._changed()
 
     def _set_paused(self, paused: bool):
         if paused == self.paused:
@@ -231,6 +231,9 @@ class Player(threading.Thread):
         now = self.clock()
         if now < self._screen_until:
             return self._screen_until - now
+        if self._screen_until:  # the boot screen just ended: no longer "starting"
+            self._screen_until = 0.0
+            self._changed()
         view = self.store.view
         if view.version != self._library_version:
             self._library_version = view.version
@@ -377,10 +380,7 @@ class Player(threading.Thread):
             self._call_driver(self.driver.show, frames.frame(index))
 
     def _call_driver(self, fn, *args) -> bool:
-        ok = self.breaker.call(fn, *args) if self.breaker else _plain_call(fn, *args)
-        if not ok:
-            self.driver_failures += 1
-        return ok
+        return self.breaker.call(fn, *args) if self.breaker else _plain_call(fn, *args)
 
     def _apply_brightness(self) -> None:
         self._call_driver(self.driver.set_brightness, self.brightness)
@@ -409,6 +409,8 @@ class Player(threading.Thread):
         loop = self.store.view.loop
         item_id = item["id"] if item else None
         state = "idle" if item is None else ("paused" if self.paused else "playing")
+        if item is None and self._screen_until:
+            state = "starting"
         return PlayerStatus(
             state=state, item=item_id, name=item.get("name") if item else None,
             frames=playing.frames.count if playing else 0,

@@ -100,10 +100,6 @@ class FrameWriter:
     def count(self) -> int:
         return len(self.durations)
 
-    @property
-    def bytes_written(self) -> int:
-        return HEADER.size + self.count * self.header.frame_size
-
     def add(self, frame, duration_ms: int) -> None:
         """Append one frame (exactly frame_size bytes) shown for `duration_ms`."""
         if len(frame) != self.header.frame_size:

@@ -13,11 +13,11 @@ Nothing a client sends is parsed by ffmpeg's auto-detection:
   process group is killed, and stderr kept only as a small tail for the error message.
 
 ffmpeg does the work the Pi should not do in Python: frame-rate cap (`media.max_fps`),
-scaling/padding/cropping for the fit mode (same geometry as images, `media.fit_geometry`),
+scaling/padding/cropping for the fit mode (same geometry as images, `geometry.fit_geometry`),
 and conversion to RGB24. Raw frames are read in exact frame-sized chunks straight into the
 frame file, so one frame is in memory whatever the size of the video. A panel that wants
 another pixel format or a rotation (a framebuffer) gets each frame through the same
-`media.to_pixels` as images, so both kinds of media are packed identically.
+`pixels.to_pixels` as images, so both kinds of media are packed identically.
 """
 
 from __future__ import annotations
@@ -32,16 +32,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from loop.frames import PIXEL_FORMATS, FrameWriter
-from loop.media import (
-    MediaError,
-    Rendered,
-    Target,
-    fit_geometry,
-    frame_image,
-    is_pixel_art,
-    to_pixels,
-)
+from loop.media.errors import MediaError
+from loop.media.frames import PIXEL_FORMATS, FrameWriter
+from loop.media.geometry import Target, fit_geometry, is_pixel_art
+from loop.media.image import Rendered
+from loop.media.pixels import frame_image, to_pixels
 
 # demuxer forced with -f -> the format names ffprobe may report for it
 DEMUXERS = {"mov": ("mov", "mp4", "m4a", "3gp", "3g2", "mj2"),

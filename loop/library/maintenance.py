@@ -16,9 +16,10 @@ import shutil
 import threading
 import time
 
-from loop import media
-from loop.frames import FrameFile
-from loop.media import MediaError
+from loop.media import render
+from loop.media.errors import MediaError
+from loop.media.frames import FrameFile
+from loop.media.geometry import Target
 
 log = logging.getLogger("loop.maintenance")
 
@@ -29,7 +30,7 @@ class Stopped(Exception):
     """The service is stopping: abandon the render in progress."""
 
 
-def render_key(target: media.Target) -> dict:
+def render_key(target: Target) -> dict:
     """What an item's frames were made for (stored as meta["render"])."""
     return {"width": target.width, "height": target.height,
             "pixel_format": target.pixel_format, "fit": target.fit,
@@ -44,8 +45,8 @@ def is_stale(meta: dict, key: dict) -> bool:
 class Maintenance:
     """Keeps the library rendered for the current target; see the module docstring."""
 
-    def __init__(self, store, jobs, slots, target, cfg, on_change=None):
-        self.store, self.jobs, self.slots = store, jobs, slots
+    def __init__(self, store, jobs, job_slots, target, cfg, on_change=None):
+        self.store, self.jobs, self.job_slots = store, jobs, job_slots
         self.target = target  # callable -> media.Target
         self.cfg = cfg  # callable -> the current Config
         self.on_change = on_change or (lambda: None)
@@ -74,10 +75,6 @@ class Maintenance:
                 self._thread = threading.Thread(target=self._run, name="maintenance",
                                                 daemon=True)
                 self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -131,7 +128,7 @@ class Maintenance:
                 self._thread = None
 
     def _render_one(self, item_id: str, job) -> None:
-        while not self.slots.acquire(timeout=SLOT_POLL_SEC):
+        while not self.job_slots.acquire(timeout=SLOT_POLL_SEC):
             if self._stop.is_set():
                 return
         try:
@@ -141,11 +138,11 @@ class Maintenance:
                 return  # deleted or no longer stale; _mark settles its job
             error = self._render(meta, target, job)
         finally:
-            self.slots.release()
+            self.job_slots.release()
         self._finish(item_id, job, error, render_key(target))
         self.on_change()
 
-    def _render(self, meta: dict, target: media.Target, job) -> str | None:
+    def _render(self, meta: dict, target: Target, job) -> str | None:
         """Render one item into a staging dir and swap it in; the error text or None."""
         cfg = self.cfg()
         staging = self.store.new_temp_dir("render")
@@ -157,13 +154,13 @@ class Maintenance:
                     raise Stopped()
                 self.jobs.update(job, stage="rendering", progress=fraction)
             try:
-                rendered = media.render(self.store.original_path_for(meta), frames_path,
+                rendered = render.render(self.store.original_path_for(meta), frames_path,
                                         target, cfg.media, progress=progress,
                                         deadline=time.monotonic()
                                         + cfg.media.decode_timeout_sec)
                 frame_file = FrameFile(frames_path)
                 try:
-                    media.write_thumb(frame_file.frame(0), target,
+                    render.write_thumb(frame_file.frame(0), target,
                                       os.path.join(staging, "thumb.png"))
                 finally:
                     frame_file.close()

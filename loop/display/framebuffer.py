@@ -8,9 +8,9 @@ allocated room for panning; LOOP draws at the top). 16 bpp is RGB565, 32 bpp XRG
 bytes); on a real device the channel offsets are confirmed with the FBIOGET_VSCREENINFO ioctl.
 
 Frames are stored at render time in the device's own pixel format and already turned by
-`display.rotation` (see loop/pixels.py), so `show()` only copies rows into the `mmap`ed device,
-stepping over the stride's padding. The driver's `width` x `height` is the picture's size, the
-device's size turned by the rotation: that is what media is fitted to.
+`display.rotation` (see loop/media/pixels.py), so `show()` only copies rows into the `mmap`ed
+device, stepping over the stride's padding. The driver's `width` x `height` is the picture's
+size, the device's size turned by the rotation: that is what media is fitted to.
 
 Brightness goes to /sys/class/backlight/<name>/brightness (scaled to its `max_brightness`)
 when the panel has a backlight there, opened once at open() so it still works after LOOP drops
@@ -37,8 +37,8 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
-from loop import pixels
-from loop.display import FAIL, PASS, SKIP, Check, DisplayError, Driver, _check_percent
+from loop.display.base import FAIL, PASS, SKIP, Check, DisplayError, Driver, check_percent
+from loop.media import pixels
 
 logger = logging.getLogger("loop.framebuffer")
 
@@ -539,7 +539,7 @@ class FramebufferDriver(Driver):
 
     def set_brightness(self, percent: int) -> None:
         """Backlight when there is one (0 = off), else redraw the current frame scaled."""
-        percent = _check_percent(percent)
+        percent = check_percent(percent)
         self._require_open()
         previous, self.brightness = self.brightness, percent
         if self._light_fd is not None:

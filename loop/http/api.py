@@ -2,15 +2,13 @@
 
 No business logic lives here. `Api.handle` runs the design's checks in their fixed order
 (allowlist, Host, admission, rate limit, token, cross-site guard, framing, route), then the
-route's handler. Errors are values at the edges: `ApiError`, `MediaError` and `HttpError` all
-become the failure envelope in `handle`, the one place that does so.
+route's handler. Errors are values at the edges: `HttpError` (loop/http/envelope.py) and
+`MediaError` become the failure envelope in `handle`, the one place that does so.
 """
 
 from __future__ import annotations
 
-import hmac
 import io
-import ipaddress
 import json
 import logging
 import math
@@ -21,29 +19,28 @@ import socket
 import time
 import zlib
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import multipart
+from PIL import Image
 
-from loop import __version__, backup, media, metrics, schedule, screens
-from loop.config import FITS
-from loop.media import MediaError
-from loop.player import MODES
-from loop.ratelimit import retry_after
-from loop.server import HttpError, Request, Response
-from loop.store import MAX_NAME, valid_id
-from loop.uploads import UPLOAD_ID
+from loop import __version__, schedule
+from loop.config import FITS, MODES
+from loop.http import metrics
+from loop.http.access import BACKUP_PATH, Access
+from loop.http.envelope import HttpError, Response, envelope, envelope_error, json_bytes
+from loop.http.ratelimit import retry_after
+from loop.http.server import Request
+from loop.library import backup
+from loop.library.intake import UPLOAD_ID
+from loop.library.store import MAX_NAME, valid_id
+from loop.media import screens
+from loop.media.errors import MediaError
+from loop.media.pixels import frame_image
 
 log = logging.getLogger("loop.api")
 
 JSON_BODY_LIMIT = 64 * 1024
-WEB_DIR = os.path.join(os.path.dirname(__file__), "web")
-STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 408: "bad_request", 409: "conflict",
-                411: "length_required", 413: "payload_too_large", 414: "bad_request",
-                415: "unsupported_media", 421: "forbidden", 422: "validation_failed",
-                429: "rate_limited", 431: "bad_request", 500: "internal",
-                501: "not_implemented", 503: "busy", 507: "insufficient_storage"}
+WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web")
 DASHBOARD_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -52,29 +49,6 @@ DASHBOARD_HEADERS = {
                                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
 }
 IMMUTABLE = {"Cache-Control": "public, max-age=31536000, immutable"}
-
-
-class ApiError(Exception):
-    """A refusal by a route: HTTP status, machine code, sentence, extra headers."""
-
-    def __init__(self, status: int, code: str, message: str, headers=None):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = dict(headers or {})
-
-
-def _json_bytes(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def envelope(status: int, data, message: str | None = None, headers=None) -> Response:
-    body = _json_bytes({"success": True, "message": message, "data": data})
-    return Response(status, body, "application/json", dict(headers or {}))
-
-
-def envelope_error(status: int, code: str, message: str) -> Response:
-    body = _json_bytes({"success": False, "message": message, "error": code, "data": None})
-    return Response(status, body, "application/json", {})
 
 
 @dataclass(frozen=True)
@@ -92,7 +66,6 @@ def _route(method, path, handler, rate, doc, **extra) -> Route:
     return Route(method, re.compile(f"\\A{regex}\\Z"), handler, rate, doc, **extra)
 
 
-BACKUP_PATH = "/api/backup"     # a GET that still needs the token: it hands out the library
 ROUTES = [
     _route("GET", "/", "dashboard", "static", "the web dashboard"),
     _route("GET", "/api", "index", "poll", "this index of routes"),
@@ -141,132 +114,15 @@ TRANSPORT = ("play", "pause", "toggle", "next", "previous")
 UNKNOWN_ROUTE = Route("", re.compile(r"\A\Z"), "", "control", "")
 
 
-def _no_route(request: Request, allowed: list[Route]) -> ApiError:
+def _no_route(request: Request, allowed: list[Route]) -> HttpError:
     if allowed:
         methods = {r.method for r in allowed}
         allow = ", ".join(sorted(methods | ({"HEAD"} if "GET" in methods else set())))
-        return ApiError(405, "method_not_allowed", f"{request.method} is not allowed here",
+        return HttpError(405, "method_not_allowed", f"{request.method} is not allowed here",
                         {"Allow": allow})
-    return ApiError(404, "not_found", f"no such resource: {request.path[:100]}")
+    return HttpError(404, "not_found", f"no such resource: {request.path[:100]}")
 
 
-# ---- access rules ------------------------------------------------------------------------
-SAFE_METHODS = ("GET", "HEAD")  # everything else changes something: token and Origin rules
-_HOST_NAME = re.compile(r"[a-z0-9._%:-]+")
-
-
-def split_host(value: str) -> tuple[str, int | None] | None:
-    """`name[:port]` or `[v6][:port]` as (lower-case name, port); None when malformed."""
-    value = value.strip()
-    if value.startswith("["):
-        name, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            return None
-        port = rest[1:] if rest else None
-    else:
-        name, sep, port = value.partition(":")
-        port = port if sep else None
-    if port is not None and not re.fullmatch(r"[0-9]{1,5}", port):
-        return None
-    name = name.rstrip(".").lower()
-    if not name or not _HOST_NAME.fullmatch(name):
-        return None
-    return name, int(port) if port else None
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def machine_names(hostname: str | None = None) -> set[str]:
-    """The names this device answers to: localhost, its host name, `<hostname>.local`."""
-    name = (hostname or socket.gethostname()).rstrip(".").lower()
-    short = name.split(".")[0]
-    return {"localhost", name, short, f"{name}.local", f"{short}.local"}
-
-
-class Access:
-    """The access rules of the design's security paragraph, for one `web` config."""
-
-    def __init__(self, web, hostname: str | None = None):
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in web.allow_networks]
-        self.token = web.api_token.encode("utf-8")
-        self.any_host = "*" in web.allowed_hosts
-        extra = {parsed[0] for parsed in map(split_host, web.allowed_hosts) if parsed}
-        self.hosts = machine_names(hostname) | extra
-
-    def check_network(self, request: Request) -> None:
-        """`web.allow_networks`: when set, other client addresses get 403."""
-        if not self.networks:
-            return
-        try:
-            ip = ipaddress.ip_address(request.client.split("%", 1)[0])
-            ip = getattr(ip, "ipv4_mapped", None) or ip
-        except ValueError:
-            ip = None
-        if ip is None or not any(ip in net for net in self.networks):
-            raise ApiError(403, "forbidden", "this client address is not in web.allow_networks")
-
-    def check_host(self, request: Request) -> None:
-        """The DNS-rebinding guard: the Host must be an IP literal or a name of this device."""
-        values = request.headers.get_all("Host") or []
-        if not values:
-            if request.version >= "HTTP/1.1":
-                raise ApiError(400, "bad_request", "an HTTP/1.1 request needs a Host header")
-            return
-        parsed = split_host(values[0]) if len(values) == 1 else None
-        if parsed is None:
-            raise ApiError(400, "bad_request", "malformed or repeated Host header")
-        name = parsed[0]
-        if not (self.any_host or name in self.hosts or _is_ip(name)):
-            raise ApiError(421, "forbidden", f"this device does not answer to the name "
-                           f"{name[:100]!r}; an operator can add it to web.allowed_hosts")
-
-    def check_token(self, request: Request) -> None:
-        """`web.api_token`: changes (and the backup download) need `Authorization: Bearer`."""
-        if not self.token:
-            return
-        if request.method in SAFE_METHODS and request.path.rstrip("/") != BACKUP_PATH:
-            return
-        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-        given = given.strip()
-        if scheme.lower() != "bearer" or not given:
-            raise ApiError(401, "unauthorized", "this request needs the API token: "
-                           "Authorization: Bearer <web.api_token>",
-                           {"WWW-Authenticate": 'Bearer realm="loop"'})
-        # header values arrive as latin-1 text: back to the bytes the client sent
-        if not hmac.compare_digest(given.encode("latin-1", "replace"), self.token):
-            raise ApiError(401, "unauthorized", "wrong API token",
-                           {"WWW-Authenticate": 'Bearer realm="loop", error="invalid_token"'})
-
-    def check_origin(self, request: Request) -> None:
-        """The cross-site guard: a browser may not change anything from another site's page.
-        Requests without `Origin` (curl, scripts) pass; `Origin: null` does not."""
-        if request.method in SAFE_METHODS:
-            return
-        if request.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
-            raise ApiError(403, "forbidden", "cross-site requests cannot change anything")
-        origins = request.headers.get_all("Origin") or []
-        if not origins:
-            return
-        if len(origins) > 1 or not _same_origin(origins[0], request.headers.get("Host")):
-            raise ApiError(403, "forbidden", "requests from another site's page cannot "
-                           "change anything")
-
-
-def _same_origin(origin: str, host: str | None) -> bool:
-    parts = urlsplit(origin.strip())
-    if parts.scheme not in ("http", "https") or host is None:
-        return False
-    theirs, ours = split_host(parts.netloc), split_host(host)
-    if theirs is None or ours is None:
-        return False
-    default = 443 if parts.scheme == "https" else 80
-    return theirs[0] == ours[0] and (theirs[1] or default) == (ours[1] or default)
 
 
 class Api:
@@ -301,7 +157,7 @@ class Api:
                 if route is None:                          # 404 / 405 + Allow
                     raise _no_route(request, allowed)
                 response = getattr(self, route.handler)(request, **params)
-        except (ApiError, MediaError, HttpError) as exc:
+        except (HttpError, MediaError) as exc:
             response = envelope_error(exc.status, exc.code, exc.message)
             response.headers.update(getattr(exc, "headers", {}))
         except Exception:
@@ -330,7 +186,7 @@ class Api:
         wait = limiter.check(request.client_key, request.rate_class)
         if wait > 0:
             after = retry_after(wait)
-            raise ApiError(429, "rate_limited", f"too many {request.rate_class} requests from "
+            raise HttpError(429, "rate_limited", f"too many {request.rate_class} requests from "
                            f"this client; retry in {after} s", {"Retry-After": after})
 
     @staticmethod
@@ -350,22 +206,22 @@ class Api:
     def _json_body(self, request: Request) -> dict:
         body = request.body
         if body is None or body.length == 0:
-            raise ApiError(400, "bad_json", "a JSON object body is required")
+            raise HttpError(400, "bad_json", "a JSON object body is required")
         if body.length > JSON_BODY_LIMIT:
-            raise ApiError(413, "payload_too_large", "JSON bodies are limited to 64 KiB")
+            raise HttpError(413, "payload_too_large", "JSON bodies are limited to 64 KiB")
         try:
             value = json.loads(body.read_all().decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+            raise HttpError(400, "bad_json", "the body is not valid JSON") from None
         if not isinstance(value, dict):
-            raise ApiError(400, "bad_json", "the body must be a JSON object")
+            raise HttpError(400, "bad_json", "the body must be a JSON object")
         return value
 
     def _item(self, item_id: str) -> dict:
         # the id is checked against a strict pattern before anything else looks at it
         item = self.app.store.view.get(item_id) if valid_id(item_id) else None
         if item is None:
-            raise ApiError(404, "not_found", "no such item")
+            raise HttpError(404, "not_found", "no such item")
         return item
 
     def public_item(self, meta: dict) -> dict:
@@ -392,13 +248,13 @@ class Api:
 
     def _static(self, name: str) -> Response:
         if not re.fullmatch(r"[a-z0-9_-]+\.(html|js|css|png|svg|ico)", name):
-            raise ApiError(404, "not_found", "no such file")
+            raise HttpError(404, "not_found", "no such file")
         path = os.path.join(WEB_DIR, name)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
         except OSError:
-            raise ApiError(404, "not_found", "no such file") from None
+            raise HttpError(404, "not_found", "no such file") from None
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if ctype.startswith("text/") or ctype.endswith("javascript"):
             ctype += "; charset=utf-8"
@@ -435,7 +291,12 @@ class Api:
         view = self.app.store.view
         in_loop = {i: n for n, i in enumerate(view.loop)}
         items = sorted(view.items, key=lambda m: (in_loop.get(m["id"], len(in_loop)),))
-        return envelope(200, {"items": [self.public_item(m) for m in items]})
+        media = self.app.cfg.media
+        # what an item's null loop_count / duration_sec stands for
+        defaults = {"loop_count": media.loop_count, "item_duration_sec": media.item_duration_sec,
+                    "static_image_duration_sec": media.static_image_duration_sec}
+        return envelope(200, {"items": [self.public_item(m) for m in items],
+                              "defaults": defaults})
 
     def get_media(self, request, id):
         return envelope(200, self.public_item(self._item(id)))
@@ -447,7 +308,7 @@ class Api:
         for key, value in body.items():
             if key == "name":
                 if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
-                    raise ApiError(422, "validation_failed",
+                    raise HttpError(422, "validation_failed",
                                    f"name must be 1..{MAX_NAME} characters")
                 changes["name"] = value.strip()
             elif key == "loop_count":
@@ -457,7 +318,7 @@ class Api:
                 _check_number(key, value, (int, float), 0.1, 86400)
                 changes[key] = value
             else:
-                raise ApiError(422, "validation_failed", f"{key} cannot be changed")
+                raise HttpError(422, "validation_failed", f"{key} cannot be changed")
         meta = self.app.store.update_item(id, changes)
         self.app.player.command("library", wait=False)
         return envelope(200, self.public_item(meta))
@@ -489,7 +350,7 @@ class Api:
         try:
             fh = open(path, "rb")
         except OSError:
-            raise ApiError(404, "not_found", "no such file") from None
+            raise HttpError(404, "not_found", "no such file") from None
         length = os.fstat(fh.fileno()).st_size
         return Response(200, b"", ctype, dict(headers), stream=_chunks(fh), length=length)
 
@@ -499,7 +360,7 @@ class Api:
     def put_loop(self, request):
         ids = self._json_body(request).get("items")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ApiError(422, "validation_failed", "items must be a list of item ids")
+            raise HttpError(422, "validation_failed", "items must be a list of item ids")
         self.app.store.set_loop(ids)
         self.app.player.command("library")
         return envelope(200, {"items": list(self.app.store.view.loop)})
@@ -509,18 +370,18 @@ class Api:
         """Framing and admission checks run before a byte of the body is read."""
         body = request.body
         if body is None:
-            raise ApiError(411, "length_required", "uploads need a Content-Length")
+            raise HttpError(411, "length_required", "uploads need a Content-Length")
         limit = int(self.app.cfg.media.max_upload_mb * 1024 * 1024)
         if body.length > limit:
-            raise ApiError(413, "payload_too_large", f"upload is larger than "
+            raise HttpError(413, "payload_too_large", f"upload is larger than "
                            f"media.max_upload_mb = {self.app.cfg.media.max_upload_mb:g} MB")
         if body.length == 0:
-            raise ApiError(400, "bad_request", "the upload is empty")
+            raise HttpError(400, "bad_request", "the upload is empty")
         self._check_memory()
         client_upload_id = upload_id(request)
         intake = self.app.intake
-        if not intake.slots.acquire(blocking=False):
-            raise ApiError(503, "busy", "all processing slots are busy; try again shortly",
+        if not intake.job_slots.acquire(blocking=False):
+            raise HttpError(503, "busy", "all processing slots are busy; try again shortly",
                            {"Retry-After": "2"})
         try:
             intake.check_disk(body.length)
@@ -528,7 +389,7 @@ class Api:
             if ctype.lower().startswith("multipart/form-data"):
                 boundary = multipart.parse_options_header(ctype)[1].get("boundary")
                 if not boundary:
-                    raise ApiError(400, "bad_request", "multipart body without a boundary")
+                    raise HttpError(400, "bad_request", "multipart body without a boundary")
                 files = intake.receive_multipart(body.read, body.length, boundary,
                                                  client_upload_id)
             else:
@@ -536,7 +397,7 @@ class Api:
                                            client_upload_id)
             status, results = intake.process_all(files)
         finally:
-            intake.slots.release()
+            intake.job_slots.release()
         for result in results:
             if result["item"] is not None:
                 result["item"] = self.public_item(result["item"])
@@ -544,7 +405,7 @@ class Api:
             self.app.player.command("library", wait=False)
             return envelope(status, {"results": results})
         first = next(r for r in results if r["status"] == status)
-        body = _json_bytes({"success": False, "message": first["error"],
+        body = json_bytes({"success": False, "message": first["error"],
                             "error": first["code"],
                             "data": {"results": results}})
         return Response(status, body)
@@ -556,23 +417,23 @@ class Api:
         if reason:
             monitor.shed_uploads += 1
             retry = max(1, math.ceil(2 * self.app.cfg.system.monitor_interval_sec))
-            raise ApiError(503, "busy", f"the device is short of memory, so new uploads wait "
+            raise HttpError(503, "busy", f"the device is short of memory, so new uploads wait "
                            f"until it recovers: {reason}", {"Retry-After": str(retry)})
 
     # ---- playback ----------------------------------------------------------------------
     def playback(self, request, action):
         if action not in TRANSPORT:
-            raise ApiError(404, "not_found", f"no playback action {action[:40]}")
+            raise HttpError(404, "not_found", f"no playback action {action[:40]}")
         status = self.app.player.command(action)
         return envelope(200, status.as_dict(self.app.player.frame_index))
 
     def select(self, request):
         item_id = self._json_body(request).get("id")
         if not isinstance(item_id, str):
-            raise ApiError(422, "validation_failed", "id must be an item id")
+            raise HttpError(422, "validation_failed", "id must be an item id")
         self._item(item_id)
         if item_id in self.app.store.view.pending:
-            raise ApiError(409, "conflict", "that item is being re-rendered for the panel; "
+            raise HttpError(409, "conflict", "that item is being re-rendered for the panel; "
                            "it plays when that is done")
         status = self.app.player.command("select", item_id=item_id)
         return envelope(200, status.as_dict(self.app.player.frame_index))
@@ -580,7 +441,7 @@ class Api:
     def mode(self, request):
         mode = self._json_body(request).get("mode")
         if mode not in MODES:
-            raise ApiError(422, "validation_failed", f"mode must be one of {', '.join(MODES)}")
+            raise HttpError(422, "validation_failed", f"mode must be one of {', '.join(MODES)}")
         status = self.app.player.command("mode", mode=mode)
         return envelope(200, status.as_dict(self.app.player.frame_index))
 
@@ -592,11 +453,11 @@ class Api:
         body = self._json_body(request)
         unknown = set(body) - {"brightness", "fit"}
         if unknown:
-            raise ApiError(422, "validation_failed", f"{sorted(unknown)[0]} cannot be changed")
+            raise HttpError(422, "validation_failed", f"{sorted(unknown)[0]} cannot be changed")
         if "brightness" in body:
             _check_number("brightness", body["brightness"], int, 0, 100)
         if "fit" in body and body["fit"] not in FITS:
-            raise ApiError(422, "validation_failed", "fit must be contain, cover or stretch")
+            raise HttpError(422, "validation_failed", "fit must be contain, cover or stretch")
         if "brightness" in body:
             self.app.set_brightness(body["brightness"])
         if "fit" in body:
@@ -609,7 +470,7 @@ class Api:
         try:
             archive = backup.plan_store(self.app.store)
         except OSError as exc:
-            raise ApiError(500, "internal", f"an item's original is unreadable: "
+            raise HttpError(500, "internal", f"an item's original is unreadable: "
                            f"{exc.strerror or exc}") from None
         host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "loop"
         name = f"loop-backup-{host}-{time.strftime('%Y%m%d-%H%M%S')}.tar"
@@ -623,20 +484,20 @@ class Api:
         tmp/, swapped in with the commit protocol)."""
         body = request.body
         if body is None:
-            raise ApiError(411, "length_required", "send the backup with a Content-Length")
+            raise HttpError(411, "length_required", "send the backup with a Content-Length")
         if body.length == 0:
-            raise ApiError(400, "bad_request", "the body is empty; send the backup tar")
+            raise HttpError(400, "bad_request", "the body is empty; send the backup tar")
         if request.headers.get("Content-Type", "").lower().startswith("multipart/"):
-            raise ApiError(415, "unsupported_media", "send the tar itself as the body, e.g. "
+            raise HttpError(415, "unsupported_media", "send the tar itself as the body, e.g. "
                            "curl --data-binary @loop.tar -H 'Content-Type: application/x-tar'")
-        if not self.app.slots.acquire(blocking=False):
-            raise ApiError(503, "busy", "all processing slots are busy; try again shortly",
+        if not self.app.job_slots.acquire(blocking=False):
+            raise HttpError(503, "busy", "all processing slots are busy; try again shortly",
                            {"Retry-After": "2"})
         try:
             self.app.intake.check_disk(body.length)
             report = self.app.restore(body.read, body.length)
         finally:
-            self.app.slots.release()
+            self.app.job_slots.release()
         return envelope(200, report, f"library restored: {report['items']} items")
 
     # ---- schedule ----------------------------------------------------------------------
@@ -647,14 +508,14 @@ class Api:
         body = self._json_body(request)
         unknown = set(body) - {"rules"}
         if unknown:
-            raise ApiError(422, "validation_failed", f"{sorted(unknown)[0][:40]} cannot be set "
+            raise HttpError(422, "validation_failed", f"{sorted(unknown)[0][:40]} cannot be set "
                            "here; send {\"rules\": [...]}")
         if "rules" not in body:
-            raise ApiError(422, "validation_failed", "rules: is required (a list, may be empty)")
+            raise HttpError(422, "validation_failed", "rules: is required (a list, may be empty)")
         try:
             self.app.scheduler.set_rules(body["rules"])
         except schedule.RuleError as exc:
-            raise ApiError(422, "validation_failed", str(exc)) from None
+            raise HttpError(422, "validation_failed", str(exc)) from None
         return envelope(200, self._schedule_data(), "schedule saved")
 
     def _schedule_data(self) -> dict:
@@ -674,19 +535,19 @@ class Api:
         try:
             scale = int(request.arg("scale", "4"))
         except ValueError:
-            raise ApiError(400, "bad_request", "scale must be a whole number 1..16") from None
+            raise HttpError(400, "bad_request", "scale must be a whole number 1..16") from None
         if not 1 <= scale <= 16:
-            raise ApiError(400, "bad_request", "scale must be a whole number 1..16")
+            raise HttpError(400, "bad_request", "scale must be a whole number 1..16")
         preview = self.app.player.preview
         width, height = self.app.target().width, self.app.target().height
         if preview is None:
             image = screens.render([], width, height)
         else:
             frames, index = preview
-            image = media.frame_image(frames.frame(index), frames.width, frames.height,
+            image = frame_image(frames.frame(index), frames.width, frames.height,
                                       frames.pixel_format, self.app.target().rotation)
         image = image.resize((image.width * scale, image.height * scale),
-                             media.Image.Resampling.NEAREST)
+                             Image.Resampling.NEAREST)
         out = io.BytesIO()
         image.save(out, "PNG", compress_level=1)
         return Response(200, out.getvalue(), "image/png", {"Cache-Control": "no-store"})
@@ -712,7 +573,8 @@ def _check_number(name, value, kind, lo, hi) -> None:
     if value is None and name in ("loop_count", "duration_sec"):
         return  # null = back to the default
     if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
-        raise ApiError(422, "validation_failed", f"{name} must be a number {lo}..{hi}")
+        what = "a whole number" if kind is int else "a number"
+        raise HttpError(422, "validation_failed", f"{name} must be {what} {lo}..{hi}")
 
 
 def upload_id(request: Request) -> str | None:
@@ -721,5 +583,5 @@ def upload_id(request: Request) -> str | None:
     if value is None:
         return None
     if not UPLOAD_ID.match(value):
-        raise ApiError(400, "bad_request", "X-Upload-Id must be 1-64 of A-Z a-z 0-9 _ -")
+        raise HttpError(400, "bad_request", "X-Upload-Id must be 1-64 of A-Z a-z 0-9 _ -")
     return value

@@ -32,14 +32,16 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
 
 from loop import __version__, schedule
-from loop.config import FITS
-from loop.media import MediaError, storage_error
-from loop.store import MAX_NAME, fsync_dir, now_iso, valid_id
+from loop.config import FITS, MODES
+from loop.durable import fsync_dir, write_json_atomic
+from loop.library.store import MAX_NAME, Store, lock_data_dir, now_iso, valid_id
+from loop.media.errors import MediaError, storage_error
 
 log = logging.getLogger("loop.backup")
 
@@ -54,11 +56,9 @@ MAX_META_BYTES = 256 * 1024
 MAX_ITEMS = 100_000
 ITEM_MEMBER = re.compile(r"\Amedia/([0-9a-f]{16})/(meta\.json|original\.([a-z0-9]{1,10}))\Z")
 DIR_MEMBER = re.compile(r"\A(media|media/[0-9a-f]{16})/?\Z")
-EXT = re.compile(r"\A[a-z0-9]{1,10}\Z")
 WORD = re.compile(r"\A[a-z0-9_.+-]{1,32}\Z")
 CREATED = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
 KINDS = ("image", "animation", "video")
-MODES = ("all", "one", "shuffle")  # loop.player.MODES; not imported: the CLI stays light
 # Runtime settings a backup carries. `brightness_override` is not one of them: it belongs
 # to the moment it was set.
 SETTING_KEYS = ("brightness", "mode", "fit", "current", "schedule")
@@ -534,7 +534,6 @@ def clean_meta(raw: dict, original: dict) -> dict:
 
 
 def _write_metas(media_dir: str, items: list) -> None:
-    from loop.store import write_json_atomic
     try:
         for meta in items:
             write_json_atomic(os.path.join(media_dir, meta["id"], "meta.json"), meta)
@@ -566,7 +565,6 @@ def restore(store, read, *, limit: int, max_item_bytes: int, length: int | None 
 # ---- the offline commands (`loop.py backup`, `loop.py restore`) ----------------------------
 def command(args, cfg) -> int:
     """Run `backup` or `restore` against cfg.system.data_dir; the exit status."""
-    import sys
     data_dir = cfg.system.data_dir
     try:
         if args.command == "backup":
@@ -579,7 +577,6 @@ def command(args, cfg) -> int:
 
 
 def _backup_command(data_dir: str, output: str | None, stdout) -> int:
-    import sys
     archive = plan_data_dir(data_dir)
     if output:
         tmp = f"{output}.partial"
@@ -602,9 +599,6 @@ def _backup_command(data_dir: str, output: str | None, stdout) -> int:
 
 
 def _restore_command(cfg, path: str | None, stdin) -> int:
-    import sys
-
-    from loop.store import Store, lock_data_dir
     data_dir = cfg.system.data_dir
     if path is None and stdin.isatty():
         print("loop: restore reads a tar: redirect it (< loop.tar) or use --input",
