@@ -174,9 +174,6 @@ step("hasattr", lambda: hasattr(RGBMatrixOptions(), {name!r}))
     assert (result.signal, result.steps) == ("SIGSEGV", [])
 
 
-@pytest.mark.xfail(strict=True, reason="loop/display/rgbmatrix.py _build_options probes the "
-                   "options with hasattr(), which reads panel_type while it is NULL: SIGSEGV "
-                   "(issue 15); when the driver is fixed this passes: remove the marker")
 def test_loop_rgbmatrix_driver_opens_the_real_panel(pi):
     result = pi.run(f"""
 import sys
@@ -359,3 +356,128 @@ step("size", lambda: (m.width, m.height))
 """))
     assert values["size"] == [32, 32]
     assert pi.output_pins() == PINS["adafruit-hat"]  # classic's pins never became outputs
+
+
+# ---- LOOP's driver on the real library ----------------------------------------------------
+
+DRIVER = """
+import dataclasses, sys
+sys.path.insert(0, {root!r})
+from loop import config
+from loop.display.rgbmatrix import RGBMatrixDriver
+cfg = config.build({{"display": {{"driver": "rgbmatrix", "rows": 32, "cols": 64,
+                                 **{keys!r}}}}}).display
+cfg = dataclasses.replace(cfg, **{bad!r})  # values config.py refuses, as a caller could pass
+driver = RGBMatrixDriver(cfg)
+if {bypass!r}:
+    driver._refusal = lambda: None  # the library on its own, without LOOP's pre-flight
+step("open", driver.open)
+step("size", lambda: (driver.width, driver.height))
+step("show", lambda: driver.show(bytes(driver.frame_bytes)))
+step("close", driver.close)
+"""
+
+
+def drive(pi, keys=None, bad=None, bypass=False):
+    return pi.run(DRIVER.format(root=str(ROOT), keys=keys or {}, bad=bad or {},
+                                bypass=bypass))
+
+
+@pytest.mark.parametrize("mapping", HARDWARE_MAPPINGS)
+def test_the_driver_opens_every_shipped_mapping(tmp_path, mapping):
+    """LOOP's defaults (hardware pulsing on) on a root Pi without the sound module; the one
+    mapping the pip build lacks is refused by the pre-flight, before the library aborts."""
+    pi = simulated(tmp_path, devmem="root", modules="")
+    result = drive(pi, {"hardware_mapping": mapping})
+    if mapping == "compute-module":
+        assert result.returncode == 0, result.outcome
+        assert result.steps[0][:3] == ["open", "raise", "DisplayError"]
+        assert "has no compute-module mapping" in result.steps[0][3]
+        assert pi.counters().get("refresh_threads", 0) == 0  # the library never ran
+        return
+    values = ok(result)
+    assert values["size"] == [64, 32]
+    assert pi.output_pins() == PINS[mapping]
+    counts = pi.counters()
+    assert counts["refresh_threads"] == 1 and counts["refresh_running"] == 0
+    assert counts["vsync_done"] >= 1
+
+
+def test_the_default_mapping_needs_neither_root_nor_silence(tmp_path):
+    """adafruit-hat on a stock Raspberry Pi OS (snd_bcm2835 loaded) without /dev/mem: the
+    old pre-flight refused it over the sound module and root; the library runs it."""
+    pi = simulated(tmp_path)  # devmem eacces, stock modules
+    values = ok(drive(pi))
+    assert values["size"] == [64, 32]
+    assert pi.counters()["devmem_opens"] >= 1 and pi.counters()["refresh_threads"] == 1
+
+
+@pytest.mark.parametrize("mapping", sorted(PWM_OE))
+def test_the_preflight_stops_the_pulser_exits(tmp_path, mapping):
+    """Output-enable on GPIO 18 with hardware pulsing: without /dev/mem, or with the sound
+    module, the library exit(1)s; the driver says why instead and the process lives on."""
+    for pi, words in ((simulated(tmp_path / "user"), "/dev/mem, which cannot be opened"),
+                      (simulated(tmp_path / "sound", devmem="root"), "snd_bcm2835")):
+        result = drive(pi, {"hardware_mapping": mapping})
+        assert result.returncode == 0, result.outcome
+        assert result.steps[0][:3] == ["open", "raise", "DisplayError"], result.outcome
+        assert words in result.steps[0][3]
+        assert pi.counters()["refresh_threads"] == 0
+
+
+def test_no_gpio_access_is_a_preflight_refusal_not_a_null_matrix(pi):
+    pi.fault("nogpio")
+    result = drive(pi)
+    assert result.returncode == 0, result.outcome
+    assert result.steps[0][:3] == ["open", "raise", "DisplayError"]
+    assert "the GPIO cannot be opened: /dev/gpiomem: Permission denied" in result.steps[0][3]
+    assert pi.counters()["refresh_threads"] == 0
+    assert "Must run as root" not in result.stderr  # the library never tried
+
+
+REFUSED = [
+    ({"rows": 4}, "Invalid number or rows per panel"),
+    ({"rows": 66}, "Invalid number or rows per panel"),
+    ({"cols": 8}, "Invalid number of columns"),
+    ({"chain_length": 0}, "Chain-length outside usable range"),
+    ({"pwm_bits": 12}, "Invalid range of pwm-bits"),
+    ({"pwm_lsb_nanoseconds": 3001}, "Invalid range of pwm-lsb-nanoseconds"),
+    ({"pwm_dither_bits": 3}, "Invalid range of pwm-dither-bits"),
+    ({"scan_mode": 2}, "Invalid scan mode"),
+    ({"row_address_type": 6}, "Row address type values can be"),
+    ({"multiplexing": 23}, "Multiplexing can only be one of"),
+    ({"gpio_slowdown": 11}, "--led-slowdown-gpio=11 is outside usable range"),
+    ({"led_rgb_sequence": "RGGB"}, "led-sequence needs to be three characters long"),
+    ({"hardware_mapping": "compute-module"}, "There is no hardware mapping named"),
+    ({"parallel": 2}, "only supports 1 parallel chain"),
+    ({"panel_type": "FM6216"}, "Unknown panel type 'FM6216'; typo ?"),
+    ({"pixel_mapper_config": "Rotate:45"}, "Rotation needs to be multiple of 90 degrees"),
+    ({"pixel_mapper_config": "U-mapper"}, "U-mapper: need at least --led-chain=4"),
+    ({"pixel_mapper_config": "Remap:64,32|0,0n|0,0n"}, "Remap list must have 1 entry"),
+]
+
+
+@pytest.mark.parametrize("bad, message", REFUSED)
+def test_the_preflight_refuses_exactly_what_the_real_library_refuses(tmp_path, bad, message):
+    """Each value the pre-flight stops, handed to the real library: it refuses it too (a NULL
+    matrix, abort(), or a message and a panel in the wrong shape). With the pre-flight the
+    library never runs and the driver says why."""
+    pi = simulated(tmp_path / "with")
+    result = drive(pi, bad=bad)
+    assert result.returncode == 0, result.outcome
+    assert result.steps[0][:3] == ["open", "raise", "DisplayError"], result.outcome
+    assert result.steps[0][3].startswith("panel pre-flight failed: ")
+    assert pi.counters()["refresh_threads"] == 0
+
+    alone = simulated(tmp_path / "without")
+    result = drive(alone, bad=bad, bypass=True)
+    assert message in result.stderr, result.outcome
+    if result.signal:  # the library's abort()
+        assert (result.signal, result.steps) == ("SIGABRT", [])
+    elif result.steps[0][1] == "raise":  # a NULL matrix, caught by the driver's net
+        assert result.steps[0][2:] == ["DisplayError", result.steps[0][3]]
+        assert "refused the panel although the pre-flight passed" in result.steps[0][3]
+        assert result.returncode == 0  # the NULL matrix is never freed: no SIGSEGV at exit
+    else:  # printed and ignored: the panel opens, without its init or in the wrong shape
+        assert [s[:2] for s in result.steps] == [[n, "ok"] for n in
+                                                 ("open", "size", "show", "close")]

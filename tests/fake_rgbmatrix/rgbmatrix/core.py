@@ -174,8 +174,9 @@ class _State:
     fail_init       the GPIO cannot be opened (no /dev/gpiomem, no /dev/mem access): the
                     library prints "Must run as root..." and RGBMatrix() returns a matrix that
                     holds NULL, so the next call on it (or its garbage collection) is SIGSEGV.
-    fail_after_swaps  once that many swaps succeeded, SetImage raises the binding's one
-                    runtime exception, Exception(DEAD_CANVAS) (a canvas without framebuffer).
+    fail_after_swaps  once that many swaps succeeded, a FrameCanvas's SetImage raises the
+                    binding's one runtime exception, Exception(DEAD_CANVAS) (a canvas without
+                    framebuffer); the matrix's own SetImage raises it only for a NULL matrix.
                     A real panel never reports a fault this way: it has no fault to report.
     hang            SwapOnVSync never returns (a stalled refresh thread) and holds the GIL
                     like the real one: the process freezes. In process nothing can release()
@@ -218,12 +219,23 @@ class _State:
         self.hanging = threading.Event()
         self.released = threading.Event()
         self.slow_sec = 0.0
-        self.missing_options: set[str] = set()
+        self._missing: set[str] = set()
         self.devmem = os.environ.get("FAKE_RGBMATRIX_DEVMEM", "1") != "0"
         self.sound_module = os.environ.get("FAKE_RGBMATRIX_SOUND_MODULE", "1") != "0"
         self.refresh_hz: float | None = None
         self.max_canvases: int | None = None
         self.warnings: list[str] = []  # library messages written to stderr
+        if "RGBMatrixOptions" in globals():
+            _offer_options(set())
+
+    @property
+    def missing_options(self) -> set[str]:
+        return set(self._missing)
+
+    @missing_options.setter
+    def missing_options(self, names) -> None:
+        self._missing = set(names)
+        _offer_options(self._missing)
 
 
 state = _State()
@@ -389,31 +401,25 @@ def _no_attribute(name: str) -> AttributeError:
     return AttributeError(f"'{OPTIONS_TYPE}' object has no attribute '{name}'")
 
 
-class RGBMatrixOptions:
-    """rgbmatrix.core.RGBMatrixOptions: the real names, types, defaults and crashes."""
+class _Option:
+    """One property of the Cython class, as the real one: a descriptor on the class (so
+    `hasattr(RGBMatrixOptions, name)` answers without reading anything), converting on set
+    and crashing on a read of a NULL C string."""
 
-    __slots__ = ("_values",)
+    def __init__(self, name: str):
+        self.name = name
+        self.kind = _FIELDS[name][0]
 
-    def __init__(self):
-        object.__setattr__(self, "_values", {k: default for k, (_, default) in
-                                             _FIELDS.items()})
-
-    def __dir__(self):
-        return sorted(set(object.__dir__(self)) | (set(_FIELDS) - state.missing_options))
-
-    def __getattr__(self, name):
-        if name.startswith("__") or name not in _FIELDS or name in state.missing_options:
-            raise _no_attribute(name)
-        value = self._values[name]
-        kind = _FIELDS[name][0]
-        if kind == "str" and value is None:
-            segfault(f"RGBMatrixOptions.{name} read while NULL (never set)")
+    def __get__(self, options, owner=None):
+        if options is None:
+            return self
+        value = options._values[self.name]
+        if self.kind == "str" and value is None:
+            segfault(f"RGBMatrixOptions.{self.name} read while NULL (never set)")
         return value
 
-    def __setattr__(self, name, value):
-        if name not in _FIELDS or name in state.missing_options:
-            raise _no_attribute(name)
-        kind = _FIELDS[name][0]
+    def __set__(self, options, value):
+        kind = self.kind
         if kind == "str":
             stored = _encoded(value)
         elif kind == "bool":
@@ -424,16 +430,49 @@ class RGBMatrixOptions:
             stored = _c_int_field(_as_c(value, "uint32_t"))
         else:
             stored = _as_c(value, "int")
-        self._values[name] = stored
+        options._values[self.name] = stored
+
+    def __delete__(self, options):
+        raise NotImplementedError("__del__")
+
+
+class RGBMatrixOptions:
+    """rgbmatrix.core.RGBMatrixOptions: the real names, types, defaults and crashes. An
+    option in `state.missing_options` is taken off the class (an older binding)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self):
+        object.__setattr__(self, "_values", {k: default for k, (_, default) in
+                                             _FIELDS.items()})
+
+    def __getattr__(self, name):  # only reached for names the class does not have
+        raise _no_attribute(name)
+
+    def __setattr__(self, name, value):
+        if name == "_values" or not isinstance(getattr(type(self), name, None), _Option):
+            raise _no_attribute(name)
+        object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
-        if name not in _FIELDS or name in state.missing_options:
+        if not isinstance(getattr(type(self), name, None), _Option):
             raise _no_attribute(name)
-        raise NotImplementedError("__del__")
+        object.__delattr__(self, name)
+
+
+def _offer_options(missing: set[str]) -> None:
+    """Put every option on the class but the `missing` ones."""
+    for name in _FIELDS:
+        if name in missing:
+            if name in vars(RGBMatrixOptions):
+                delattr(RGBMatrixOptions, name)
+        elif name not in vars(RGBMatrixOptions):
+            setattr(RGBMatrixOptions, name, _Option(name))
 
 
 RGBMatrixOptions.__module__ = "rgbmatrix.core"
 RGBMatrixOptions.__qualname__ = "RGBMatrixOptions"
+_offer_options(set())
 
 # ---- the C++ library's checks ----------------------------------------------------------------
 
@@ -746,7 +785,10 @@ class _Canvas:
         if image.mode != "RGB":
             raise Exception(ONLY_RGB)
         buffer = self._buffer()
-        _obey_fail()
+        if isinstance(self, FrameCanvas):
+            # Only a canvas: the matrix's own SetImage raises the dead-canvas Exception
+            # exactly when it holds NULL, which is how a driver can tell (the real one too).
+            _obey_fail()
         buffer.paste(image, x, y)
         _record("SetImage", buffer.ident, buffer.drawn_brightness)
 
