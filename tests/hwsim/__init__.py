@@ -240,7 +240,7 @@ class SimulatedPi:
 
     def fault(self, word: str) -> None:
         """Write the fault file (see pi_shim.c): "", "nogpio", "hang", "slow 200", "segv",
-        "segv-swap", "abort"."""
+        "segv-swap", "abort", "segv-init", "abort-init"."""
         tmp = self.fault_file.with_suffix(".tmp")
         tmp.write_text(word)
         os.replace(tmp, self.fault_file)

@@ -40,7 +40,16 @@ venv=$(cd "$venv" && pwd)
 stamp="$venv/.rgbmatrix-built"
 exec 9>"$venv/.rgbmatrix-build.lock"
 flock 9  # two builds at once (make and a test run) must not share a venv
+# LOOP's runtime packages (the simulated-Pi tests run loop.py in this venv) follow
+# requirements.txt without a rebuild of the binding.
+reqs_stamp="$venv/.requirements-installed"
+reqs_sum=$(sha256sum "$reqs" | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$src $fingerprint" ]; then
+    if [ "$(cat "$reqs_stamp" 2>/dev/null)" != "$reqs_sum" ]; then
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$reqs" >&2 ||
+            die "installing $reqs into $venv failed"
+        echo "$reqs_sum" >"$reqs_stamp"
+    fi
     exit 0
 fi
 
@@ -71,4 +80,5 @@ fi
     head -n 1 "$work/src/bindings/python/rgbmatrix/core.cpp" 2>/dev/null || true
     "$venv/bin/python" -c 'import sys, PIL; print("python", sys.version.split()[0], "Pillow", PIL.__version__)'
 } >"$venv/rgbmatrix-build.txt"
+echo "$reqs_sum" >"$reqs_stamp"
 echo "$src $fingerprint" >"$stamp"

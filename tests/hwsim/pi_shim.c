@@ -46,6 +46,10 @@
  *   segv-swap    the next SwapOnVSync caller dereferences NULL (the crash is in the
  *                Python thread that called SwapOnVSync, with its stack for faulthandler).
  *   abort        the refresh thread calls abort(): SIGABRT, like the library's own abort()s.
+ *   segv-init    the library's mmap of a GPIO block (inside RGBMatrix(), in the thread that
+ *                called it) dereferences NULL: a crash while the panel opens. A process that
+ *                only opens /dev/gpiomem (a pre-flight) is not touched.
+ *   abort-init   the same place calls abort().
  *   anything else, or no file: a working Pi.
  * The refresh thread looks at the file at most every 20 ms.
  *
@@ -144,6 +148,11 @@ static void add(enum counter c, int64_t n) {
 }
 static void put(enum counter c, uint64_t v) {
   if (counters) __atomic_store_n(&counters[c], v, __ATOMIC_RELAXED);
+}
+
+static void crash_here(void) {
+  volatile int *nowhere = NULL;
+  *nowhere = 1;
 }
 
 static uint64_t now_ns(void) {
@@ -492,6 +501,11 @@ static void *map_device(void *addr, size_t len, int prot, int flags, int fd, off
 
 void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t offset) {
   if (fd >= 0 && fd < MAX_FD && fd_kind[fd]) {
+    char word[32];
+    long arg;
+    read_fault(word, sizeof(word), &arg);
+    if (strcmp(word, "segv-init") == 0) crash_here();
+    if (strcmp(word, "abort-init") == 0) abort();
     return map_device(addr, len, prot, flags, fd, offset);
   }
   return REAL(mmap)(addr, len, prot, flags, fd, offset);
@@ -703,11 +717,6 @@ int pthread_cond_signal(pthread_cond_t *cond) {
     }
   }
   return REAL(cond_signal)(cond);
-}
-
-static void crash_here(void) {
-  volatile int *nowhere = NULL;
-  *nowhere = 1;
 }
 
 /* Whether a call comes from the library (for the first SwapOnVSync, which can wait before
