@@ -546,6 +546,26 @@ step("size", lambda: (driver.width, driver.height))
         assert (result.signal, result.steps) == ("SIGABRT", []), result.outcome
 
 
+def test_preflight_refuses_a_binding_built_for_another_pillow(fake, monkeypatch, tmp_path):
+    """make install records the Pillow the binding was compiled against; SetImage reads
+    Pillow's internals, so after a Pillow upgrade the panel waits for a rebuild."""
+    import PIL
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    record = tmp_path / "rgbmatrix-pillow-version"
+    record.write_text(PIL.__version__ + "\n")
+    root = fake_root(tmp_path, model=None)
+    assert by_name(preflight(cfg(), root=root, module=fake))["binding"].status == "pass"
+    record.write_text("9.3.0\n")
+    check = by_name(preflight(cfg(), root=root, module=fake))["binding"]
+    assert check.status == "fail"
+    assert f"built against Pillow 9.3.0, but Pillow {PIL.__version__}" in check.reason
+    assert "sudo make install" in check.fix
+    driver, reason = open_driver(cfg(driver="auto"), str(tmp_path / "data"), root=root,
+                                 module=fake)
+    assert driver.name == "headless" and "built against Pillow 9.3.0" in reason
+    assert fake.state.calls == []
+
+
 def test_preflight_binding_missing(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "rgbmatrix", None)
     checks = by_name(preflight(cfg(), root=fake_root(tmp_path, model=None)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 
 from loop.config import HARDWARE_MAPPINGS
 from loop.display.base import FAIL, PASS, SKIP, Check
@@ -291,7 +292,31 @@ def _config_checks(cfg) -> list[Check]:
     return checks
 
 
+# Written by deploy/rgbmatrix.sh's callers next to the venv: the Pillow the binding was
+# compiled against. Its fast SetImage reads Pillow's internal image structure (shims/pillow.c,
+# built with that Pillow's Imaging.h), which differs between Pillow versions.
+PILLOW_RECORD = "rgbmatrix-pillow-version"
+
+
+def _pillow_check() -> Check | None:
+    import PIL
+    raw = read_file(os.path.join(sys.prefix, PILLOW_RECORD), 256)
+    if raw is None:
+        return None  # a binding built by hand: nothing to compare with
+    built = raw.decode("ascii", "replace").strip()
+    if built == PIL.__version__:
+        return None
+    return Check("binding", FAIL,
+                 f"the rgbmatrix binding was built against Pillow {built}, but Pillow "
+                 f"{PIL.__version__} is installed: its SetImage reads Pillow's internal image "
+                 "structure, which a new Pillow may have changed",
+                 "rebuild the binding: sudo make install (it rebuilds when Pillow changed)")
+
+
 def _binding_check(module) -> Check:
+    mismatch = _pillow_check()
+    if mismatch is not None:
+        return mismatch
     if module is not None:
         return Check("binding", PASS, f"module {getattr(module, '__name__', module)!r}")
     try:
