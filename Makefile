@@ -35,8 +35,9 @@ test: lint
 	$(PY) -m pytest -q tests
 
 # The real LED binding (hzeller/rpi-rgb-led-matrix) built from a local copy of its source into
-# its own venv on Debian's Python and Pillow, once per source tree; the simulated-Pi tests
-# (tests/hwsim) use it, and build it themselves when it is missing.
+# its own venv on Debian's Python and Pillow, once per source tree, by deploy/rgbmatrix.sh as
+# on the Pi. `make test` needs no separate step: the simulated-Pi tests build it on first use
+# (and skip, saying why, without the source or a compiler; under CI=true that fails).
 RGBMATRIX_SRC ?= ../shared/vendor/rpi-rgb-led-matrix
 RGBMATRIX_VENV ?= .venv-rgbmatrix
 export RGBMATRIX_SRC RGBMATRIX_VENV

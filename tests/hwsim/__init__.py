@@ -62,12 +62,16 @@ class Unavailable(Exception):
 
 
 def source_dir() -> Path:
-    return Path(os.environ.get("RGBMATRIX_SRC") or ROOT.parent / "shared" / "vendor" /
-                "rpi-rgb-led-matrix").resolve()
+    """RGBMATRIX_SRC (relative to the repository, as the Makefile passes it), by default
+    ../shared/vendor/rpi-rgb-led-matrix."""
+    return (ROOT / (os.environ.get("RGBMATRIX_SRC") or "../shared/vendor/rpi-rgb-led-matrix")
+            ).resolve()
 
 
 def venv_dir() -> Path:
-    return Path(os.environ.get("RGBMATRIX_VENV") or ROOT / ".venv-rgbmatrix")
+    """RGBMATRIX_VENV (relative to the repository), by default .venv-rgbmatrix: an absolute
+    path, so processes started in another directory find its Python."""
+    return ROOT / (os.environ.get("RGBMATRIX_VENV") or ".venv-rgbmatrix")
 
 
 def cache_dir() -> Path:
