@@ -25,7 +25,8 @@ import urllib.parse
 import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GROUPS = ("memory", "polling", "pacing", "ingest", "startup", "durability", "hardware")
+GROUPS = ("memory", "polling", "pacing", "notify", "ingest", "startup", "durability",
+          "hardware")
 # Fields of a result that describe it rather than measure it (left out of the table's numbers).
 META_KEYS = ("group", "bench", "goal", "met", "unit", "runs", "notes", "quick", "error",
              "skipped")
@@ -179,6 +180,13 @@ def brief_rows(records) -> list[tuple]:
         elif group in ("pacing", "hardware") and "p99_dev_ms" in rec:
             text = (f"p99 dev {_n(rec['p99_dev_ms'])} ms, drift {_n(rec['drift_ms'])} ms, "
                     f"late {rec['late_frames']}, {_n(rec['cpu_per_frame_us'], 0)} us CPU/frame")
+        elif group == "notify" and "cpu_per_frame_us" in rec:
+            text = (f"{_n(rec['cpu_per_frame_us'], 0)} us CPU/frame, {_n(rec['fps'])} fps, "
+                    f"interval p99 err {_n(rec['interval_err_p99_ms'])} ms")
+        elif group == "notify" and "p99_ms" in rec:
+            text = (f"p50 {_n(rec['p50_ms'])} ms, p99 {_n(rec['p99_ms'])} ms, max "
+                    f"{_n(rec['max_ms'])} ms ({rec['notifications']} posts, "
+                    f"{rec['not_shown']} not shown)")
         elif group == "ingest":
             text = (f"{_n(rec.get('upload_s'))} s vs decode {_n(rec.get('decode_s'))} s "
                     f"= {_n(rec.get('ratio'), 2)}x")

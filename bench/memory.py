@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 
-from bench import inputs
+from bench import bombs, inputs
 from bench.common import (
     PeakSampler,
     Service,
@@ -158,3 +158,77 @@ def run(ctx) -> None:
     photos = [ctx.inputs.jpeg(v) for v in range(3)]
     ctx.emit(result("memory", "peak_ingest_3_jpeg_at_once", **_peak(ctx, "three", photos),
                     input="3 different 4000x3000 JPEGs (phone photos), 3 requests at once"))
+    run_bombs(ctx)
+
+
+# ---- memory bombs (issue 16): small files that decode into a lot of memory -----------------
+def bomb_inputs(work: str) -> dict[str, list[str]]:
+    """{bomb class: the files sent at once}, written into `work`."""
+    made = {"png_6300_rgba": [bombs.png_rgba()],
+            "webp_6000_animated": [bombs.webp_animated()],
+            "webp_6000_x3_at_once": [bombs.webp_animated(frames=n) for n in (2, 3, 4)],
+            "gif_20000_frames_6000_screen": [bombs.gif_many_frames()]}
+    try:
+        made["mkv_6300_patched"] = [bombs.mkv_patched()]
+    except Exception as exc:  # no ffmpeg: the others still run
+        log(f"no MKV bomb: {exc}")
+    paths = {}
+    for name, blobs in made.items():
+        paths[name] = []
+        for n, blob in enumerate(blobs):
+            ext = name.split("_")[0]
+            path = os.path.join(work, f"bomb-{name}-{n}.{ext}")
+            with open(path, "wb") as fh:
+                fh.write(blob)
+            paths[name].append(path)
+    return paths
+
+
+def _bomb(ctx, name: str, files: list[str]) -> dict:
+    """Send `files` at once to a fresh service with the shipped limits; its peak memory
+    (VmHWM, and sampled with children) against `system.memory_limit_mb`, and the answers."""
+    data = fresh_dir(os.path.join(ctx.work, f"bomb-{name}"))
+    service = Service(ctx.work, f"bomb-{name}", service_config(data)).start()
+    limit = _shipped_memory_limit()
+    try:
+        time.sleep(1.0)
+        before, _ = rss_mb(service.pid)
+        exact = reset_hwm(service.pid)
+        sampler = PeakSampler(service.pid, interval=0.01)
+        sampler.start()
+        replies = [None] * len(files)
+
+        def send(i, path):
+            replies[i] = upload(service.port, path, os.path.basename(path), timeout=300)
+        threads = [threading.Thread(target=send, args=(i, p)) for i, p in enumerate(files)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = time.monotonic() - started
+        sampler.stop()
+        hwm = vm_hwm_mb(service.pid) if exact else None
+    finally:
+        service.stop()
+    peak = max(hwm or 0, sampler.peak_own)
+    total = max(sampler.peak_total, peak)
+    return {"peak_with_children_mb": total, "peak_rss_mb": peak,
+            "peak_children_mb": sampler.peak_children, "limit_mb": limit,
+            "before_mb": before, "seconds": seconds,
+            "statuses": [r.status for r in replies],
+            "answers": [r.message[:160] for r in replies],
+            "bytes": [os.path.getsize(p) for p in files],
+            "goal": "peak_with_children_mb <= limit_mb (system.memory_limit_mb)",
+            "met": goal_check(total, limit)}
+
+
+def _shipped_memory_limit() -> float:
+    from loop import config
+    return config.build({}).system.memory_limit_mb
+
+
+def run_bombs(ctx) -> None:
+    work = fresh_dir(os.path.join(ctx.work, "bombs"))
+    for name, files in bomb_inputs(work).items():
+        ctx.emit(result("memory", f"bomb_{name}", **_bomb(ctx, name, files)))

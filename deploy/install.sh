@@ -52,7 +52,8 @@ RGBMATRIX_REPO=${RGBMATRIX_REPO:-https://github.com/hzeller/rpi-rgb-led-matrix.g
 # (scikit-build-core + CMake + Cython, `pip install .` at the top of the checkout).
 RGBMATRIX_COMMIT=${RGBMATRIX_COMMIT:-89072356305e272c2b1af32b8377a274df3d6d9f}
 
-APT_BASE="python3 python3-venv python3-pil python3-psutil ffmpeg"
+# xfonts-base: the misc-fixed bitmap fonts of text items, clocks and text notifications
+APT_BASE="python3 python3-venv python3-pil python3-psutil ffmpeg xfonts-base"
 # The binding's build: its pyproject's scikit-build-core and Cython come from PyPI (or
 # RGBMATRIX_WHEELS) inside pip's build environment, not from apt (see deploy/rgbmatrix.sh).
 APT_BUILD="python3-dev build-essential cmake git"
@@ -534,13 +535,38 @@ pi_setup() {
     fi
 }
 
+# loop.service ships valid for the default layout (a plain copy works). Only the lines that
+# name a path or the group are rewritten, and only where this install differs; each must be
+# there exactly as shipped, so a changed unit cannot be half-rewritten unnoticed.
+UNIT_EXEC='ExecStart=/opt/loop/venv/bin/python /opt/loop/app/loop.py --config /etc/loop/config.json --data-dir /var/lib/loop'
+UNIT_PATHS='ReadWritePaths=/var/lib/loop'
+UNIT_GROUP='SupplementaryGroups=loop'
+
 install_unit() {
     step "systemd unit"
     mkdir -p "$R$UNITDIR"
-    render "$SRC/loop.service" "$R$UNITDIR/loop.service" 0644
-    info "$UNITDIR/loop.service"
+    for line in "$UNIT_EXEC" "$UNIT_PATHS" "$UNIT_GROUP"; do
+        grep -qxF "$line" "$SRC/loop.service" || die "loop.service lacks the shipped line: $line"
+    done
+    dest=$R$UNITDIR/loop.service
+    tmp="$dest.tmp.$$"
+    # check_path allows only [A-Za-z0-9._/+-] in the paths: nothing sed would read specially
+    sed -e "s|^$(sed_pattern "$UNIT_EXEC")\$|ExecStart=$VENV/bin/python $PREFIX/app/loop.py --config $CONFDIR/config.json --data-dir $DATADIR|" \
+        -e "s|^$(sed_pattern "$UNIT_PATHS")\$|ReadWritePaths=$DATADIR|" \
+        -e "s|^$(sed_pattern "$UNIT_GROUP")\$|SupplementaryGroups=$LOOP_GROUP|" \
+        "$SRC/loop.service" >"$tmp"
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$dest"
+    if cmp -s "$SRC/loop.service" "$dest"; then
+        info "$UNITDIR/loop.service (as shipped: the default layout)"
+    else
+        info "$UNITDIR/loop.service (paths and group of this install)"
+    fi
     install_framebuffer_dropin
 }
+
+# A fixed line as a basic regular expression: its dots matched as dots.
+sed_pattern() { printf '%s' "$1" | sed -e 's/[.]/\\./g'; }
 
 # The unit's sandbox opens only /dev/mem and /dev/gpiomem (DevicePolicy=closed) and keeps
 # /sys read-only (ProtectKernelTunables=yes). With display.driver "framebuffer" a drop-in

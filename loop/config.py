@@ -78,6 +78,10 @@ def _even(value):
     return None if value % 2 == 0 else "must be even"
 
 
+def _rgb_hex(value):
+    return None if re.fullmatch(r"#[0-9a-fA-F]{6}", value) else 'must be a colour like "#ff3000"'
+
+
 HARDWARE_MAPPINGS = ("regular", "adafruit-hat", "adafruit-hat-pwm", "regular-pi1",
                      "classic", "classic-pi1", "compute-module")
 DRIVERS = ("auto", "headless", "rgbmatrix", "emulator", "framebuffer")
@@ -85,6 +89,10 @@ FITS = ("contain", "cover", "stretch")
 # Play modes, a runtime setting only (PUT /api/playback/mode): each item in turn, repeat the
 # current one, or shuffle.
 MODES = ("all", "one", "shuffle")
+# Notification priorities, lowest first (loop/playback/notifications.py), and the clock
+# formats of loop/media/clock.py (a test checks both lists agree with those modules).
+PRIORITIES = ("low", "normal", "high", "critical")
+CLOCK_FORMATS = ("HH:MM", "H:MM", "hh:MM", "h:MM")
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "display": {
@@ -171,6 +179,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       "an absolute path; empty = video uploads are refused (415)"),
         "ffprobe": Key("ffprobe", str, "ffprobe binary used to inspect videos before "
                        "decoding: a name on PATH or an absolute path"),
+        "font_dir": Key("/usr/share/fonts/X11/misc", str, "the misc-fixed bitmap fonts "
+                        "(Debian's xfonts-base) for text and clocks; without them Pillow's "
+                        "built-in Latin-1 font is used and health says so"),
     },
     "processing": {
         "max_concurrent_jobs": Key(3, int, "uploads/renders decoding at once", 1, 64),
@@ -224,6 +235,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
                      "setting (PUT /api/schedule) overrides them", check=_schedule_rules),
         "timezone": Key("", str, "IANA zone the rules' times are in, e.g. Europe/Berlin; "
                         "empty = the system's local zone", check=schedule.check_zone_name),
+        "clock_format": Key("HH:MM", str, "the clock rules with show \"clock\" show: HH:MM, "
+                            "H:MM (24 h), hh:MM, h:MM (12 h)", choices=CLOCK_FORMATS),
+        "clock_color": Key("#ff3000", str, "colour of that clock", check=_rgb_hex),
+    },
+    "notify": {
+        "max_queued": Key(16, int, "notifications on screen or waiting at once; one more "
+                          "gets 429 (a replacement by id always fits)", 1, 256),
+        "duration_sec": Key(10.0, float, "how long a notification shows when it gives "
+                            "neither duration_sec nor repeat (a marquee then plays once)",
+                            0.5, 86400),
+        "night_priority": Key("high", str, "lowest priority still shown while a night rule "
+                              "(show clock or off, or brightness 0) is active; none = none",
+                              choices=PRIORITIES + ("none",)),
     },
     "system": {
         "data_dir": Key("/var/lib/loop", str, "media library and runtime settings"),
@@ -267,6 +291,7 @@ class Config:
     processing: Any
     web: Any
     schedule: Any
+    notify: Any
     system: Any
 
     def as_dict(self) -> dict:

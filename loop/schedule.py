@@ -4,7 +4,7 @@ Rules (a runtime setting, `settings["schedule"]`; `schedule.rules` in config.jso
 first-start rules) look like
 
     {"days": ["friday", "saturday"], "start": "22:00", "end": "07:00", "brightness": 10,
-     "name": "night"}
+     "name": "night", "show": "clock"}
 
 `days` are lowercase weekday names (empty = every day) naming the day a window *starts*;
 `start`/`end` are local wall-clock times; an `end` at or before `start` runs past midnight
@@ -18,6 +18,11 @@ not exist that day (the spring-forward gap) happens when the clock jumps past it
 wholly inside the gap runs for its nominal length from the jump); one whose wall time happens
 twice (fall-back) happens at the first occurrence only. So no rule is skipped for a day and
 none fires twice.
+
+`show` (optional) says what the panel shows while the rule is in force: "loop" (the default:
+the loop, dimmed), "clock" (only the clock, at the rule's brightness) or "off" (nothing;
+`brightness` may then be left out). Notifications of a high enough priority still show
+(`notify.night_priority`; the player applies that).
 
 A brightness set by hand while a rule is active holds until the next change of the wanted
 state (`next_change`), then the schedule takes over again. One set while no rule is active is
@@ -45,7 +50,8 @@ log = logging.getLogger("loop.schedule")
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 MAX_RULES = 32
 MAX_RULE_NAME = 40
-RULE_KEYS = ("days", "start", "end", "brightness", "name")
+RULE_KEYS = ("days", "start", "end", "brightness", "name", "show")
+SHOWS = ("loop", "clock", "off")
 HORIZON_DAYS = 8  # windows are generated for yesterday .. today + HORIZON_DAYS
 JUMP_SEC = 2.0  # wall clock moving this much against the monotonic clock is a clock jump
 OVERRIDE_SLACK_SEC = 60.0
@@ -70,6 +76,7 @@ class Rule:
     end: int
     brightness: int
     name: str | None = None
+    show: str = "loop"
 
     def applies(self, day: date) -> bool:
         return not self.days or day.weekday() in self.days
@@ -79,6 +86,8 @@ class Rule:
                "end": _hhmm(self.end), "brightness": self.brightness}
         if self.name:
             out["name"] = self.name
+        if self.show != "loop":
+            out["show"] = self.show
         return out
 
 
@@ -101,7 +110,10 @@ def _parse_rule(index: int, raw) -> Rule:
     for key in raw:
         if key not in RULE_KEYS:
             raise RuleError(index, str(key)[:40], f"unknown field; allowed: {', '.join(RULE_KEYS)}")
-    for key in ("start", "end", "brightness"):
+    show = raw.get("show", "loop")
+    if show not in SHOWS:
+        raise RuleError(index, "show", f"must be one of {', '.join(SHOWS)}")
+    for key in ("start", "end") + (("brightness",) if show != "off" else ()):
         if key not in raw:
             raise RuleError(index, key, "is required")
     days = raw.get("days", [])
@@ -115,7 +127,7 @@ def _parse_rule(index: int, raw) -> Rule:
             raise RuleError(index, "days", f"{day} is listed twice")
         numbers.add(DAYS.index(day))
     start, end = (_parse_time(index, key, raw[key]) for key in ("start", "end"))
-    brightness = raw["brightness"]
+    brightness = raw.get("brightness", 0)
     if isinstance(brightness, bool) or not isinstance(brightness, int) \
             or not 0 <= brightness <= 100:
         raise RuleError(index, "brightness", "must be a whole number 0..100 (0 = panel off)")
@@ -123,7 +135,8 @@ def _parse_rule(index: int, raw) -> Rule:
     if name is not None and (not isinstance(name, str) or len(name) > MAX_RULE_NAME
                              or not name.isprintable()):
         raise RuleError(index, "name", f"must be text of at most {MAX_RULE_NAME} characters")
-    return Rule(frozenset(numbers), start, end, brightness, (name or "").strip() or None)
+    return Rule(frozenset(numbers), start, end, brightness, (name or "").strip() or None,
+                show)
 
 
 def _parse_time(index: int, key: str, value) -> int:
@@ -142,6 +155,7 @@ class Wanted:
     next_change: datetime | None  # next instant (UTC) the winner changes; None = never
     next_rule: int | None  # the winner from then on
     next_brightness: int | None
+    show: str = "loop"  # what the winning rule shows
 
 
 def wall_instant(day: date, minute: int, zone: tzinfo) -> datetime:
@@ -217,12 +231,17 @@ def wanted_state(rules, now: datetime) -> Wanted:
         nxt = winner()
         if nxt != current:
             return Wanted(current, _brightness(rules, current), edge, nxt,
-                          _brightness(rules, nxt))
-    return Wanted(current, _brightness(rules, current), None, None, None)
+                          _brightness(rules, nxt), _show(rules, current))
+    return Wanted(current, _brightness(rules, current), None, None, None,
+                  _show(rules, current))
 
 
 def _brightness(rules, index):
     return None if index is None else rules[index].brightness
+
+
+def _show(rules, index) -> str:
+    return "loop" if index is None else rules[index].show
 
 
 @dataclass(frozen=True)
@@ -355,15 +374,18 @@ class Scheduler:
     """Holds the rules and the override, decides the brightness, tells the player.
 
     `apply(brightness)` is called with the wanted brightness whenever an evaluation finds the
-    panel elsewhere (level-triggered). `zone` is a callable returning the tzinfo (config may
-    change on SIGHUP); `clock` the wall clock and `monotonic` the monotonic one (tests inject
-    both)."""
+    panel elsewhere (level-triggered), and `apply_show(show)` likewise with the winning rule's
+    `show`. `zone` is a callable returning the tzinfo (config may change on SIGHUP); `clock`
+    the wall clock and `monotonic` the monotonic one (tests inject both)."""
 
     def __init__(self, store, zone, *, default_rules=(), apply=None, current=None,
-                 clock=time.time, monotonic=time.monotonic):
+                 apply_show=None, current_show=None, clock=time.time,
+                 monotonic=time.monotonic):
         self.store, self.zone = store, zone
         self.apply = apply or (lambda brightness: None)
         self.current = current or (lambda: None)  # what the panel shows now, if known
+        self.apply_show = apply_show or (lambda show: None)
+        self.current_show = current_show or (lambda: None)
         self.clock, self.monotonic = clock, monotonic
         self.default_rules = tuple(default_rules)
         self._lock = threading.RLock()
@@ -435,15 +457,21 @@ class Scheduler:
         return abs((wall - last_wall) - (mono - last_mono)) > JUMP_SEC
 
     def tick(self) -> Decision | None:
-        """Called on every monitor round: evaluates when due."""
+        """Called on every monitor round: evaluates when due. Never waits for the lock (a
+        rule change holds it across its index write): when it is busy nothing happens, and
+        the schedule is still due at the next round."""
         if not self.due():
             return None
-        return self.evaluate()
+        return self.evaluate(blocking=False)
 
-    def evaluate(self, reason: str = "", apply: bool = True) -> Decision:
+    def evaluate(self, reason: str = "", apply: bool = True,
+                 blocking: bool = True) -> Decision | None:
         """Decide now; tell the player when the panel is elsewhere (outside the lock, so the
-        monitor thread never waits on the display thread)."""
-        with self._lock:
+        monitor thread never waits on the display thread). With `blocking=False`, None when
+        another thread holds the lock."""
+        if not self._lock.acquire(blocking=blocking):
+            return None
+        try:
             wall, mono = self.clock(), self.monotonic()
             if self._anchor is not None:
                 moved = (wall - self._anchor[0]) - (mono - self._anchor[1])
@@ -467,8 +495,12 @@ class Scheduler:
                 if previous is not None or reason:
                     log.info("schedule%s: brightness %d (%s)", f" ({reason})" if reason else "",
                              decision.brightness, self._describe(decision))
+        finally:
+            self._lock.release()
         if apply and self.current() != decision.brightness:
             self.apply(decision.brightness)
+        if self.current_show() != decision.wanted.show:
+            self.apply_show(decision.wanted.show)
         return decision
 
     def seconds_to_next_minute(self) -> float:
@@ -501,6 +533,7 @@ class Scheduler:
             "active_rule": rule,
             "active_name": rules[rule].name if rule is not None else None,
             "rule_brightness": wanted.brightness,
+            "show": wanted.show,
             "brightness": decision.brightness,
             "manual_brightness": self.manual(),
             "override": override is not None,

@@ -94,9 +94,10 @@ def make_app(tmp_path):
     """Start an in-process App with overrides (`web__port=…` style); stopped at teardown."""
     apps = []
 
-    def start(module=None, environ=None, driver=None, root="/", **overrides):
+    def start(module=None, environ=None, driver=None, root="/", wall=None, **overrides):
         cfg = make_config(tmp_path, **overrides)
-        app = App(cfg, environ=dict(environ or {}), module=module, driver=driver, root=root)
+        app = App(cfg, environ=dict(environ or {}), module=module, driver=driver, root=root,
+                  **({"wall": wall} if wall else {}))
         app.start()
         apps.append(app)
         return app
@@ -178,8 +179,10 @@ def client(app):
     return Client(app.server.port)
 
 
-def wait_for(predicate, timeout=5.0, interval=0.02):
-    """Poll `predicate` until it returns a truthy value; fail after `timeout`."""
+def wait_for(predicate, timeout=15.0, interval=0.02):
+    """Poll `predicate` until it returns a truthy value; fail after `timeout`. The default
+    is a liveness bound for a busy, shared machine: a success returns at once, only a
+    failure waits that long."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

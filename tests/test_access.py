@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from conftest import Client, png_bytes, wait_for
+from conftest import Client, gif_bytes, png_bytes, wait_for
 from rawhttp import connect, exchange, read_response, request_bytes
 
 from loop.config import defaults
@@ -235,9 +235,10 @@ def test_admission_comes_after_host_and_before_rate_limit(make_app):
                       "web.body_grace_sec": 60, "web.rate_poll_per_sec": 0.01,
                       "web.rate_poll_burst": 1})
     port = app.server.port
-    body = b'{"items": []}'
+    body = gif_bytes()  # an upload holds its slot while its body comes (a JSON body does not)
     holder = connect(port, "127.0.0.2")
-    holder.sendall(request_bytes("PUT", "/api/loop", {"Content-Length": len(body)}))
+    holder.sendall(request_bytes("POST", "/api/media?name=a.gif",
+                                 {"Content-Length": len(body)}))
     wait_for(lambda: app.server.counters.as_dict()["admitted"] == 1)
     # a bad Host is refused without waiting for a slot
     assert _status_with_host(port, "evil.example").status == 421
@@ -245,7 +246,7 @@ def test_admission_comes_after_host_and_before_rate_limit(make_app):
     client = Client(port, source="127.0.0.3")
     assert client.get("/api/poll/status").status == 503
     holder.sendall(body)
-    assert read_response(holder).status == 200
+    assert read_response(holder).status == 201
     holder.close()
     assert client.get("/api/poll/status").status == 200
     assert client.get("/api/poll/status").status == 429

@@ -4,7 +4,7 @@ import re
 import socket
 from collections import namedtuple
 
-from conftest import Client, write_config
+from conftest import Client, wait_for, write_config
 
 from loop.system.addresses import lan_addresses, reachable
 
@@ -46,8 +46,9 @@ def test_make_run_shows_the_address_it_really_serves(app):
 def test_every_address_printed_at_start_up_answers(tmp_path, services):
     service = services(write_config(tmp_path / "config.json", tmp_path / "data",
                                     web={"host": "0.0.0.0", "port": 0}))
-    printed = re.findall(r"open http://([0-9.]+):(\d+)/ on the LAN", service.stderr())
-    assert printed, service.stderr()
+    # printed just after the "listening" line spawn() waits for
+    printed = wait_for(lambda: re.findall(r"open http://([0-9.]+):(\d+)/ on the LAN",
+                                          service.stderr()))
     for host, port in printed:
         assert int(port) == service.port
         assert Client(service.port, host=host).get("/api/poll/health").status == 200, host

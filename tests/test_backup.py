@@ -372,6 +372,17 @@ def test_hostile_archive_is_refused_and_the_library_is_untouched(case, source, t
     assert not os.path.exists("/tmp/loop-evil.txt")
 
 
+@pytest.mark.parametrize("data", [b"shopping list: milk, eggs\n",
+                                  b"shopping list: milk, eggs\n" * 100,
+                                  png_bytes((1, 2, 3), (64, 32))], ids=["short_text", "text",
+                                                                        "photo"])
+def test_restoring_something_else_says_it_is_not_a_backup(source, data):
+    reply = post_restore(source["client"], data)
+    assert reply.status == 400, reply
+    assert reply.json["message"].startswith("this is not a LOOP backup"), reply.json
+    assert library_state(source["client"]) == source["state"]
+
+
 def test_restore_over_the_size_limit_is_refused_before_reading(make_app, tmp_path, source):
     app = make_app(web__api_token=TOKEN, media__max_restore_mb=0.004,
                    system__data_dir=str(tmp_path / "small"))

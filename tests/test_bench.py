@@ -58,8 +58,8 @@ def test_only_a_full_run_replaces_the_committed_results():
 
 
 def test_every_group_is_known():
-    assert common.GROUPS == ("memory", "polling", "pacing", "ingest", "startup", "durability",
-                             "hardware")
+    assert common.GROUPS == ("memory", "polling", "pacing", "notify", "ingest", "startup",
+                             "durability", "hardware")
 
 
 def test_headline_verdict_and_table():

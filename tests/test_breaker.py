@@ -124,6 +124,19 @@ def test_half_open_allows_exactly_one_trial():
     assert b.snapshot()["retry_in_sec"] is None
 
 
+def test_would_allow_asks_without_taking_the_trial():
+    clock = FakeClock()
+    b = make(clock)
+    assert b.would_allow()
+    trip(b)
+    assert not b.would_allow()
+    clock.t += 5.0
+    assert [b.would_allow() for _ in range(3)] == [True] * 3
+    assert b.state == "open"  # asking changed nothing: the trial is still there to take
+    assert b.allow() and b.state == "half_open"
+    assert not b.would_allow()  # the one trial is out
+
+
 def test_trial_success_closes_and_resets_backoff_exponent():
     clock = FakeClock()
     b = make(clock)

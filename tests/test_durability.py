@@ -357,12 +357,12 @@ def test_hanging_ffmpeg_is_killed_at_the_deadline(make_app, tmp_path):
     client = Client(app.server.port)
     started = time.monotonic()
     reply = client.post("/api/media?name=hang.mp4", body=video_bytes("mp4"),
-                        headers={"X-Upload-Id": "hang"})
+                        headers={"X-Upload-Id": "hang"}, timeout=60)
     took = time.monotonic() - started
     assert reply.status == 422 and "media.decode_timeout_sec" in reply.json["message"]
-    assert 0.9 < took < 5
+    assert 0.9 < took < 60  # the deadline, not the stand-in's 300 s
     for pid in map(int, pids.read_text().split()):  # ffmpeg and what it started: gone
-        wait_for(lambda pid=pid: not _alive(pid), timeout=3)
+        wait_for(lambda pid=pid: not _alive(pid))
     job = next(j for j in client.get("/api/poll/progress").data["jobs"] if j["id"] == "hang")
     assert job["stage"] == "failed" and "decode_timeout" in job["error"]
     assert os.listdir(os.path.join(app.cfg.system.data_dir, "tmp")) == []
@@ -403,14 +403,70 @@ def test_recovery_is_reported_in_health_and_the_log(make_app, caplog):
     report = Client(again.server.port).get("/api/poll/health").data["checks"]["storage"]
     recovery = report["recovery"]
     assert recovery["restored"] == [ids[0]]
-    # the unlisted directory, and the files of the item dropped for its broken frames
-    assert recovery["tmp_removed"] == 1 and recovery["orphans_removed"] == 2
+    assert recovery["tmp_removed"] == 1 and recovery["orphans_removed"] == 1
     assert recovery["temp_files_removed"] == 1
-    assert [d["id"] for d in recovery["dropped"]] == [ids[2]]
-    assert [m["id"] for m in again.store.view.items] == ids[:2]
-    assert "recovery:" in caplog.text and ids[2] in caplog.text
-    assert os.listdir(os.path.join(data, "tmp")) == []
-    assert sorted(os.listdir(os.path.join(data, "media"))) == sorted(ids[:2])
+    # the broken frames are made again from the original: the item stays
+    assert recovery["dropped"] == [] and [d["id"] for d in recovery["rerender"]] == [ids[2]]
+    assert [m["id"] for m in again.store.view.items] == ids
+    assert "recovery:" in caplog.text and f"item {ids[2]} is kept" in caplog.text
+    assert sorted(os.listdir(os.path.join(data, "media"))) == sorted(ids)
+    # the maintenance thread renders it in tmp/ and swaps the frames in
+    wait_for(lambda: not again.store.view.pending
+             and os.listdir(os.path.join(data, "tmp")) == [], timeout=30)
+    frames.validate(again.store.frames_path(ids[2]))
+
+
+def test_a_damaged_frame_file_after_a_kill_is_rendered_again_from_the_original(tmp_path,
+                                                                             services):
+    """A power cut or a kill on a card that lies about fsync can leave a frame file cut
+    short. The original is the user's data: the item stays, gets new frames from it, and
+    plays; only an item whose original is unreadable is dropped, and the log says which."""
+    data_dir = tmp_path / "data"
+    cfg = write_config(tmp_path / "config.json", data_dir)
+    service = services(cfg)
+    uploads = {name: gif_bytes(colours=[(i * 40, 200, 0) for i in range(1, 4)],
+                               delays=(60, 60, 60)) if name == "cat.gif" else png_bytes(colour)
+               for name, colour in (("cat.gif", None), ("sun.png", (250, 200, 0)),
+                                    ("lost.png", (0, 0, 250)))}
+    ids = {}
+    for name, data in uploads.items():
+        reply = service.client.post(f"/api/media?name={name}", body=data)
+        assert reply.status == 201
+        ids[name] = reply.data["results"][0]["item"]["id"]
+    service.proc.send_signal(signal.SIGKILL)
+    service.proc.wait(10)
+    media = data_dir / "media"
+    for name in ("cat.gif", "lost.png"):  # frames cut short mid-frame, as a torn write
+        with open(media / ids[name] / "frames.bin", "r+b") as fh:
+            fh.truncate(os.path.getsize(fh.name) // 2 + 1)
+    (media / ids["sun.png"] / "frames.bin").write_bytes(b"\0" * 64)  # garbage
+    lost_original = next((media / ids["lost.png"]).glob("original.*"))
+    lost_original.write_bytes(b"")  # and this one's original is gone too
+
+    again = services(cfg)
+    listed = {m["id"]: m for m in again.client.get("/api/media").data["items"]}
+    assert set(listed) == {ids["cat.gif"], ids["sun.png"]}
+    assert not (media / ids["lost.png"]).exists()
+    recovery = again.client.get("/api/poll/health").data["checks"]["storage"]["recovery"]
+    assert {d["id"] for d in recovery["rerender"]} == {ids["cat.gif"], ids["sun.png"]}
+    assert recovery["dropped"] == [{"id": ids["lost.png"], "reason": "original is empty"}]
+    log = again.stderr()
+    assert f"item {ids['cat.gif']} is kept and will be re-rendered from its original" in log
+    assert f"item {ids['lost.png']} is dropped and its files removed: original is empty" in log
+
+    def rendered():
+        items = again.client.get("/api/media").data["items"]
+        return all(not m["pending"] for m in items) and items
+    wait_for(rendered, timeout=30)
+    for name in ("cat.gif", "sun.png"):
+        item_id = ids[name]
+        original = again.client.get(f"/api/media/{item_id}/original")
+        assert original.status == 200 and original.body == uploads[name]
+        frames.validate(str(media / item_id / "frames.bin"))
+        status = again.client.post("/api/playback/select", json_body={"id": item_id})
+        assert status.status == 200 and status.data["item"] == item_id
+        assert status.data["state"] == "playing"
+    assert again.terminate() == 0
 
 
 def test_clean_start_says_so(make_app, caplog):

@@ -514,7 +514,7 @@ def test_service_plays_on_the_framebuffer_and_the_breaker_opens_and_recovers(tmp
     shown = client.get("/api/display").data
     assert (shown["width"], shown["height"]) == (320, 240)
     assert status(client)["display"] == {"driver": "framebuffer", "status": "ok",
-                                         "breaker": "closed"}
+                                         "breaker": "closed", "fit": "contain"}
     reply = client.upload([("t.gif", gif_bytes(((255, 0, 0), (0, 0, 255)), (40, 40),
                                                size=(320, 240)))])
     assert reply.status == 201, reply

@@ -265,6 +265,58 @@ def test_systemd_analyze_verify_prints_nothing(installed: Stage) -> None:
     assert proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
 
 
+def test_the_shipped_unit_is_valid_as_it_is(tmp_path: Path) -> None:
+    """A drop-in copy of loop.service works: no placeholder, and `systemd-analyze verify`
+    is silent on the file as shipped. The root it verifies in stands for a Pi installed with
+    the default layout: systemd's own units (for the targets the unit names) and the two
+    programs it runs (/opt/loop's venv python, /bin/kill); the unit file is not touched."""
+    analyze = need_tool("systemd-analyze")
+    shipped = (REPO / "loop.service").read_text()
+    assert not re.search(r"@[A-Z_]+@", shipped), "a placeholder in the shipped unit"
+    root = tmp_path / "root"
+    units = next(p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
+                 if p.is_dir())
+    shutil.copytree(units, root / "usr/lib/systemd/system", symlinks=True)
+    for program in ("opt/loop/venv/bin/python", "bin/kill"):
+        (root / program).parent.mkdir(parents=True, exist_ok=True)
+        (root / program).write_text("#!/bin/sh\n")
+        (root / program).chmod(0o755)
+    unit = root / "etc/systemd/system/loop.service"
+    unit.parent.mkdir(parents=True)
+    shutil.copyfile(REPO / "loop.service", unit)
+    proc = subprocess.run([analyze, "verify", f"--root={root}", str(unit)],
+                          capture_output=True, text=True, timeout=120, env=clean_env(),
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
+    argv = unit_directives(unit)["Service"]["ExecStart"][0].split()
+    assert argv[:2] == ["/opt/loop/venv/bin/python", "/opt/loop/app/loop.py"]
+    assert argv[2:] == ["--config", "/etc/loop/config.json", "--data-dir", "/var/lib/loop"]
+
+
+def test_an_install_with_the_default_layout_installs_the_unit_as_shipped(tmp_path: Path) -> None:
+    destdir = tmp_path / "dest"  # DESTDIR: the default paths, written below this root
+    proc = subprocess.run(["sh", str(INSTALL)], env=clean_env(DESTDIR=str(destdir)),
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    installed = destdir / "etc/systemd/system/loop.service"
+    assert installed.read_bytes() == (REPO / "loop.service").read_bytes()
+    assert "as shipped" in proc.stdout
+
+
+@pytest.mark.parametrize("user", [None, "kiosk"])
+def test_install_rewrites_only_the_lines_that_differ(stage: Stage, user) -> None:
+    run_installer(stage, **({"LOOP_USER": user} if user else {}))
+    shipped = (REPO / "loop.service").read_text().splitlines()
+    installed = stage.unit.read_text().splitlines()
+    assert len(installed) == len(shipped)
+    changed = {a.partition("=")[0] + "=" for a, b in zip(shipped, installed) if a != b}
+    assert changed == {"ExecStart=", "ReadWritePaths="} | (
+        {"SupplementaryGroups="} if user else set())
+    svc = unit_directives(stage.unit)["Service"]
+    assert svc["SupplementaryGroups"] == [user or "loop"]
+    assert svc["ReadWritePaths"] == [str(stage.datadir)]
+
+
 def test_systemd_analyze_verify_would_report_a_bad_key(installed: Stage, tmp_path: Path) -> None:
     """The silence above means something: this systemd does warn about a bad unit."""
     analyze = need_tool("systemd-analyze")

@@ -274,23 +274,30 @@ def test_the_tmp_sweep_spares_young_entries_and_running_jobs(fast_app):
 
 
 def test_many_brightness_changes_cost_few_index_writes(fast_app):
-    app = fast_app(**{"system.settings_flush_sec": 0.3, "web.rate_control_burst": 1000})
+    app = fast_app(**{"system.settings_flush_sec": 1.0, "web.rate_control_burst": 1000})
     client = Client(app.server.port)
-    writes = app.store.index_writes
+    with app.store._lock:
+        writes = app.store.index_writes
     started = time.monotonic()
     for value in range(100):
         assert client.put("/api/display", json_body={"brightness": value}).status == 200
     elapsed = time.monotonic() - started
     wait_for(lambda: json.load(open(app.store.index_path))["settings"]["brightness"] == 99)
-    done = app.store.index_writes - writes
-    assert 1 <= done <= elapsed / 0.3 + 2, (done, elapsed)
-    assert done < 20
+    # index.json is replaced inside the flush and the counter moves just after, both under
+    # the store lock: holding it, the count includes the write that was just seen
+    with app.store._lock:
+        done = app.store.index_writes - writes
+    # at most one flush per settings_flush_sec while the changes came, and the last one;
+    # a slow (loaded) machine only makes the window longer, never the writes more frequent
+    assert 1 <= done <= elapsed / 1.0 + 2, (done, elapsed)
+    assert done < 100  # debounced: not one write per change
 
 
 def test_settings_are_flushed_at_shutdown(fast_app):
     app = fast_app(**{"system.settings_flush_sec": 3600})
     Client(app.server.port).put("/api/display", json_body={"brightness": 7})
-    time.sleep(0.2)  # several monitor rounds: none may write yet
+    ticks = app.monitor.ticks
+    wait_for(lambda: app.monitor.ticks >= ticks + 4)  # several monitor rounds: none writes
     with open(app.store.index_path) as fh:
         assert json.load(fh)["settings"]["brightness"] != 7
     app.stop()

@@ -3,12 +3,14 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
-from conftest import Client, gif_bytes, png_bytes, wait_for, write_config
+from conftest import ROOT, Client, gif_bytes, png_bytes, wait_for, write_config
 from mediagen import read_reply
 
 CURL = shutil.which("curl")
@@ -81,14 +83,20 @@ def test_sigterm_lets_an_inflight_upload_finish(tmp_path, services):
     data = png_bytes((9, 9, 9))
     body = b"".join([b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\""
                      b"\r\n\r\n", data, b"\r\n--B--\r\n"])
+    split = body.index(b"\r\n\r\n") + 14  # the part's head and a little of the file
     conn = socket.create_connection(("127.0.0.1", service.port))
     conn.sendall(b"POST /api/media HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
                  b"multipart/form-data; boundary=B\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\n\r\n" + body[:40])
-    time.sleep(0.3)  # the request is in flight when the signal arrives
+                 + str(len(body)).encode() + b"\r\n\r\n" + body[:split])
+    # the request is in flight (its job is receiving) when the signal arrives
+    def receiving():
+        reply = service.client.get("/api/poll/progress")
+        return reply.status == 200 and any(j["stage"] == "receiving"
+                                           for j in reply.data["jobs"])
+    wait_for(receiving, timeout=10, interval=0.1)
     service.proc.send_signal(15)
-    time.sleep(0.3)
-    conn.sendall(body[40:])
+    wait_for(lambda: "loop.app: stopping" in service.stderr(), timeout=10)
+    conn.sendall(body[split:])
     conn.settimeout(10)
     status, _, body = read_reply(conn)
     conn.close()
@@ -175,3 +183,62 @@ def test_originals_are_streamed_not_read_into_memory(tmp_path, services):
     for sock in readers:
         sock.close()
     assert grown < size, f"RSS grew {grown >> 20} MB for three {size >> 20} MB downloads"
+
+
+SIGNAL_PROBE = """
+import json, os, signal, sys, threading, time
+from pathlib import Path
+sys.path[:0] = [sys.argv[2], os.path.join(sys.argv[2], "tests")]
+from conftest import make_config
+from loop.service.app import App
+
+app = App(make_config(Path(sys.argv[1])), environ={})
+LOCKS = (type(threading.Lock()), type(threading.RLock()))
+
+
+def probe():
+    while app.monitor is None or not app.monitor.is_alive():  # run() has started it
+        time.sleep(0.01)
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        taken = []
+
+        def profile(frame, event, arg):
+            # a lock's own methods, or anything in threading.py (Event, Condition ...)
+            if event == "c_call" and isinstance(getattr(arg, "__self__", None), LOCKS):
+                taken.append(arg.__name__)
+            elif event == "call" and frame.f_code.co_filename == threading.__file__:
+                taken.append("threading." + frame.f_code.co_name)
+        sys.setprofile(profile)
+        try:
+            handler(signum, None)
+        finally:
+            sys.setprofile(None)
+        print(json.dumps([signal.Signals(signum).name, taken]), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # and now a real one
+
+
+threading.Thread(target=probe, daemon=True).start()
+sys.exit(app.run())
+"""
+
+
+def test_signal_handlers_take_no_lock(tmp_path):
+    """A handler runs on the main thread between two bytecodes, also while that thread holds
+    a lock; one that takes a lock (Event.set does) can wait for itself forever. Each handler
+    LOOP installs is called under a profiler that sees every lock operation."""
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_PROBE, str(tmp_path), ROOT], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    seen = dict(json.loads(line) for line in proc.stdout.splitlines())
+    assert seen == {"SIGHUP": [], "SIGINT": [], "SIGTERM": []}, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_burst_of_signals_is_handled_and_sigterm_still_stops(tmp_path, services):
+    config = write_config(tmp_path / "config.json", tmp_path / "data")
+    service = services(config)
+    for _ in range(50):
+        service.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reloaded" in service.stderr(), timeout=10)
+    assert service.client.get("/api/poll/health").status == 200
+    assert service.terminate() == 0

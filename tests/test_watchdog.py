@@ -153,8 +153,10 @@ def test_a_hung_display_thread_stops_the_pings_until_it_recovers(start_app, rece
     app = start_app(driver=driver, environ=systemd_env(receiver))
     client = Client(app.server.port)
     wait_for(lambda: len(receiver.pings()) >= 3)
-    time.sleep(STALE_SEC * 1.5)
-    assert app.monitor.stale == () and len(receiver.pings(since=time.monotonic() - 0.5)) >= 2
+    time.sleep(STALE_SEC * 1.5)  # longer than the stale limit: the idle thread is poked
+    since = time.monotonic()
+    wait_for(lambda: len(receiver.pings(since=since)) >= 3)  # and the pings go on
+    assert app.monitor.stale == ()
 
     driver.armed.set()
     app.player.screen(["hang"], 0.01)  # the next frame goes into the wedged driver
@@ -192,6 +194,42 @@ def test_a_stopped_accept_loop_stops_the_pings_until_it_serves_again(start_app, 
     wait_for(lambda: receiver.pings(since=resumed), timeout=5)
     assert app.monitor.stale == ()
     assert Client(app.server.port).get("/api/poll/health").data["healthy"] is True
+
+
+def test_locks_held_across_io_do_not_delay_the_pings(start_app, tmp_path):
+    """A slow SD card: commits and restores hold the store lock across fsyncs, a rule change
+    holds the scheduler's across its index write. The monitor pings on time all the same and
+    does the flush and the schedule once the locks are free."""
+    receiver = Receiver(str(tmp_path / "notify-slow-card"))
+    watchdog_sec = 3.0  # pings every 1 s; systemd would kill after 3 s without one
+    try:
+        app = start_app(environ={"NOTIFY_SOCKET": receiver.path,
+                                 "WATCHDOG_USEC": str(int(watchdog_sec * 1e6))},
+                        **{"system.settings_flush_sec": 0.2})
+        wait_for(lambda: len(receiver.pings()) >= 2, timeout=10)
+        writes, brightness = app.store.index_writes, app.player.brightness
+        assert brightness != 5
+        with app.store._lock, app.scheduler._lock:  # the real locks, held as I/O holds them
+            held = time.monotonic()
+            app.store.update_settings(brightness=7)  # debounced: a flush is due
+            app.store.update_settings(schedule=[{"days": [], "start": "00:00",
+                                                 "end": "00:00", "brightness": 5}])
+            app.scheduler.load()  # new rules: an evaluation is due
+            time.sleep(10)
+            released = time.monotonic()
+            assert app.store.index_writes == writes and app.player.brightness == brightness
+        inside = [t for t in receiver.pings() if held < t < released]
+        edges = [held] + inside + [released]
+        gaps = [round(b - a, 2) for a, b in zip(edges, edges[1:])]
+        assert len(inside) >= 5 and max(gaps) < watchdog_sec, gaps
+        assert app.monitor.stale == ()
+        # skipped, not lost: the next rounds flush and evaluate
+        wait_for(lambda: app.store.index_writes > writes, timeout=10)
+        with open(app.store.index_path) as fh:
+            assert json.load(fh)["settings"]["brightness"] == 7
+        wait_for(lambda: app.player.brightness == 5, timeout=10)
+    finally:
+        receiver.close()
 
 
 def test_watchdog_pid_of_another_process_disables_the_pings(start_app, receiver):

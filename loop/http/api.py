@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import multipart
 from PIL import Image
 
-from loop import __version__, schedule
+from loop import __version__, schedule, untrusted_json
 from loop.config import FITS, MODES
 from loop.http import metrics
 from loop.http.access import BACKUP_PATH, Access
@@ -32,10 +32,12 @@ from loop.http.ratelimit import retry_after
 from loop.http.server import Request
 from loop.library import backup
 from loop.library.intake import UPLOAD_ID
+from loop.library.names import clean_name
 from loop.library.store import MAX_NAME, valid_id
-from loop.media import screens
+from loop.media import generated, screens
 from loop.media.errors import MediaError
 from loop.media.pixels import frame_image
+from loop.media.text import TEXT_KEYS
 
 log = logging.getLogger("loop.api")
 
@@ -74,10 +76,11 @@ ROUTES = [
     _route("GET", "/api/poll/health", "health", "poll", "health checks and numbers"),
     _route("GET", "/api/media", "list_media", "poll", "every item, loop order first"),
     _route("POST", "/api/media", "upload", "upload",
-           "upload: multipart field 'file' (several allowed) or a raw body with ?name="),
+           "upload: multipart field 'file' (several allowed) or a raw body with ?name=; "
+           "a JSON body {\"text\": …} or {\"clock\": {…}} makes a text or clock item"),
     _route("GET", "/api/media/{id}", "get_media", "poll", "one item"),
     _route("PATCH", "/api/media/{id}", "patch_media", "control",
-           "change name, loop_count, duration_sec"),
+           "change name, loop_count, duration_sec; a text's or clock's fields"),
     _route("DELETE", "/api/media/{id}", "delete_media", "control", "delete an item"),
     _route("GET", "/api/media/{id}/thumb.png", "thumb", "static", "preview image"),
     _route("GET", "/api/media/{id}/original", "original", "static",
@@ -103,6 +106,14 @@ ROUTES = [
     _route("POST", "/api/restore", "restore", "upload",
            "replace the library with a backup: the tar as the raw body",
            body_limit="media.max_restore_mb"),
+    _route("POST", "/api/notify", "notify", "control",
+           "show something now: JSON {\"text\": …} or {\"item\": id}, or an image "
+           "(multipart 'file' or raw body, fields as ?query); id, priority, duration_sec or "
+           "repeat, expires_sec, brightness"),
+    _route("GET", "/api/notify", "list_notify", "poll", "the notifications on screen and "
+           "queued"),
+    _route("DELETE", "/api/notify/{id}", "retract_notify", "control",
+           "take a notification away"),
     _route("GET", "/metrics", "metrics", "poll",
            "Prometheus text exposition of the health numbers"),
     _route("GET", "/{asset}", "asset", "static", "dashboard scripts and styles"),
@@ -146,14 +157,22 @@ class Api:
             access = self.access()
             access.check_network(request)                  # 403
             access.check_host(request)                     # 400 / 421
-            with front.admission():                        # 503 + Retry-After
-                route, params, allowed = self._match(request)
-                request.rate_class = (route or (allowed[0] if allowed else None) or
-                                      UNKNOWN_ROUTE).rate
+            route, params, allowed = self._match(request)
+            request.rate_class = (route or (allowed[0] if allowed else None) or
+                                  UNKNOWN_ROUTE).rate
+            with front.admission(request.client_key, request.rate_class):  # 503
                 self._rate_limit(front.limiter, request)   # 429 + Retry-After
                 access.check_token(request)                # 401 + WWW-Authenticate
                 access.check_origin(request)               # 403
                 request.body = front.frame_body(*self.body_limit(route))  # 400/411/413/501
+                if route is not None and route.rate != "upload" and request.body:
+                    # a small (JSON) body is read with the slot let go, within a deadline
+                    # of its own: a client dribbling it holds a connection, never a slot
+                    if request.body.length > JSON_BODY_LIMIT:
+                        raise HttpError(413, "payload_too_large",
+                                        "JSON bodies are limited to 64 KiB", close=True)
+                    front.read_outside_slot(request.body,
+                                            self.app.cfg.web.header_timeout_sec)
                 if route is None:                          # 404 / 405 + Allow
                     raise _no_route(request, allowed)
                 response = getattr(self, route.handler)(request, **params)
@@ -210,9 +229,10 @@ class Api:
         if body.length > JSON_BODY_LIMIT:
             raise HttpError(413, "payload_too_large", "JSON bodies are limited to 64 KiB")
         try:
-            value = json.loads(body.read_all().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise HttpError(400, "bad_json", "the body is not valid JSON") from None
+            value = untrusted_json.loads(body.read_all())
+        except ValueError:  # not JSON, not UTF-8, or nested too deep
+            raise HttpError(400, "bad_json", "the body is not valid JSON (nested at most "
+                            f"{untrusted_json.MAX_DEPTH} levels)") from None
         if not isinstance(value, dict):
             raise HttpError(400, "bad_json", "the body must be a JSON object")
         return value
@@ -229,6 +249,8 @@ class Api:
                                                "frames", "duration_ms", "bytes", "created_at",
                                                "loop_count", "duration_sec")}
         out["notes"] = meta.get("notes", [])
+        if meta.get("kind") in ("text", "clock"):
+            out["spec"] = meta.get("spec")  # what PATCH edits
         out["in_loop"] = meta["id"] in self.app.store.view.loop
         out["quarantined"] = meta["id"] in self.app.player.quarantined
         out["pending"] = meta["id"] in self.app.store.view.pending  # waits for a re-render
@@ -276,7 +298,8 @@ class Api:
         return envelope(200, data, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
     def progress(self, request):
-        return envelope(200, {"jobs": self.app.jobs.list()})
+        jobs = self.app.jobs
+        return envelope(200, {"jobs": jobs.list(), "total": len(jobs)})
 
     def health(self, request):
         return envelope(200, self.app.health())
@@ -302,15 +325,27 @@ class Api:
         return envelope(200, self.public_item(self._item(id)))
 
     def patch_media(self, request, id):
-        self._item(id)
+        item = self._item(id)
         body = self._json_body(request)
+        spec_keys = TEXT_KEYS if item.get("kind") == "text" else (
+            ("clock",) if item.get("kind") == "clock" else ())
+        edits = {k: body.pop(k) for k in list(body) if k in spec_keys}
+        if edits:  # a new text is a new item (its id is its content's hash)
+            if id in self.app.store.view.pending:
+                raise HttpError(409, "conflict", "that item is being re-rendered; try again")
+            was_current = self.app.player.status.item == id
+            item = self.app.texts.edit(item, edits)
+            id = item["id"]
+            if was_current:
+                self.app.player.command("select", wait=False, item_id=id)
         changes = {}
         for key, value in body.items():
-            if key == "name":
-                if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
-                    raise HttpError(422, "validation_failed",
-                                   f"name must be 1..{MAX_NAME} characters")
-                changes["name"] = value.strip()
+            if key == "name":  # the one rule for names, as for uploads and restores
+                name = clean_name(value) if isinstance(value, str) else ""
+                if not name or len(value) > MAX_NAME:
+                    raise HttpError(422, "validation_failed", f"name must be 1..{MAX_NAME} "
+                                    "characters, some of them visible")
+                changes["name"] = name
             elif key == "loop_count":
                 _check_number(key, value, int, 1, 10000)
                 changes[key] = value
@@ -319,7 +354,7 @@ class Api:
                 changes[key] = value
             else:
                 raise HttpError(422, "validation_failed", f"{key} cannot be changed")
-        meta = self.app.store.update_item(id, changes)
+        meta = self.app.store.update_item(id, changes) if changes else item
         self.app.player.command("library", wait=False)
         return envelope(200, self.public_item(meta))
 
@@ -352,7 +387,7 @@ class Api:
         except OSError:
             raise HttpError(404, "not_found", "no such file") from None
         length = os.fstat(fh.fileno()).st_size
-        return Response(200, b"", ctype, dict(headers), stream=_chunks(fh), length=length)
+        return Response(200, b"", ctype, dict(headers), stream=_FileChunks(fh), length=length)
 
     def get_loop(self, request):
         return envelope(200, {"items": list(self.app.store.view.loop)})
@@ -369,6 +404,8 @@ class Api:
     def upload(self, request):
         """Framing and admission checks run before a byte of the body is read."""
         body = request.body
+        if _is_json(request):
+            return self._create_text(request)
         if body is None:
             raise HttpError(411, "length_required", "uploads need a Content-Length")
         limit = int(self.app.cfg.media.max_upload_mb * 1024 * 1024)
@@ -380,9 +417,12 @@ class Api:
         self._check_memory()
         client_upload_id = upload_id(request)
         intake = self.app.intake
-        if not intake.job_slots.acquire(blocking=False):
-            raise HttpError(503, "busy", "all processing slots are busy; try again shortly",
-                           {"Retry-After": "2"})
+        why = intake.job_slots.try_acquire_for(request.client_key)
+        if why:
+            raise HttpError(503, "busy", "all processing slots are busy; try again shortly"
+                            if why == "full" else "this client's uploads already take their "
+                            "share of the processing slots; try again shortly",
+                            {"Retry-After": "2"})
         try:
             intake.check_disk(body.length)
             ctype = request.headers.get("Content-Type", "")
@@ -397,7 +437,7 @@ class Api:
                                            client_upload_id)
             status, results = intake.process_all(files)
         finally:
-            intake.job_slots.release()
+            intake.job_slots.release_for(request.client_key)
         for result in results:
             if result["item"] is not None:
                 result["item"] = self.public_item(result["item"])
@@ -409,6 +449,66 @@ class Api:
                             "error": first["code"],
                             "data": {"results": results}})
         return Response(status, body)
+
+    def _create_text(self, request):
+        """A text or clock item from a JSON body, through the intake like an upload."""
+        fields = self._json_body(request)
+        intake = self.app.intake
+        if not intake.job_slots.acquire(blocking=False):
+            raise HttpError(503, "busy", "all processing slots are busy; try again shortly",
+                           {"Retry-After": "2"})
+        try:
+            intake.check_disk(generated.MAX_SPEC_BYTES)
+            status, result = self.app.texts.create(fields)
+        finally:
+            intake.job_slots.release()
+        result["item"] = self.public_item(result["item"])
+        self.app.player.command("library", wait=False)
+        return envelope(status, {"results": [result]})
+
+    # ---- notifications -------------------------------------------------------------------
+    def notify(self, request):
+        """POST /api/notify: JSON fields, or an image with the fields in the query string."""
+        if _is_json(request):
+            note, replaced = self.app.notify(self._json_body(request))
+        else:
+            body = request.body
+            if body is None:
+                raise HttpError(411, "length_required", "send the image with a Content-Length")
+            if body.length == 0:
+                raise HttpError(400, "bad_request", "send JSON (Content-Type: "
+                               "application/json) or an image")
+            note, replaced = self.app.notify(_query_fields(request),
+                                             receive=lambda: self._receive(request))
+        return envelope(200 if replaced else 201, note,
+                        "replaced" if replaced else "queued")
+
+    def _receive(self, request) -> list:
+        """Read an uploaded image for a notification (after the fields and the queue were
+        checked): the same limits as an upload."""
+        body, intake = request.body, self.app.intake
+        limit = int(self.app.cfg.media.max_upload_mb * 1024 * 1024)
+        if body.length > limit:
+            raise HttpError(413, "payload_too_large", f"upload is larger than "
+                           f"media.max_upload_mb = {self.app.cfg.media.max_upload_mb:g} MB")
+        intake.check_disk(body.length)
+        ctype = request.headers.get("Content-Type", "")
+        if ctype.lower().startswith("multipart/form-data"):
+            boundary = multipart.parse_options_header(ctype)[1].get("boundary")
+            if not boundary:
+                raise HttpError(400, "bad_request", "multipart body without a boundary")
+            return intake.receive_multipart(body.read, body.length, boundary, None)
+        return intake.receive_raw(body.read, body.length, request.arg("name") or "image",
+                                  None)
+
+    def list_notify(self, request):
+        return envelope(200, {"notifications": self.app.notifications.listing(
+            time.monotonic()), "max_queued": self.app.notifications.capacity})
+
+    def retract_notify(self, request, id):
+        if not self.app.retract(id[:100]):
+            raise HttpError(404, "not_found", "no such notification")
+        return envelope(200, {"id": id}, "retracted")
 
     def _check_memory(self) -> None:
         """503 while the monitor says memory is over a line: a flag it sets, no system call."""
@@ -563,10 +663,20 @@ def _not_modified(header: str, etag: str) -> bool:
     return "*" in tags or etag.removeprefix("W/") in tags
 
 
-def _chunks(fh, size: int = 256 * 1024):
-    with fh:
-        while chunk := fh.read(size):
-            yield chunk
+class _FileChunks:
+    """A stored file as a streamed body. It owns the open file: iterating it to the end, or
+    `close()` (the server calls it when the body is not sent: HEAD, a client gone), closes it."""
+
+    def __init__(self, fh, size: int = 256 * 1024):
+        self._fh, self._size = fh, size
+
+    def __iter__(self):
+        with self._fh:
+            while chunk := self._fh.read(self._size):
+                yield chunk
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def _check_number(name, value, kind, lo, hi) -> None:
@@ -575,6 +685,35 @@ def _check_number(name, value, kind, lo, hi) -> None:
     if isinstance(value, bool) or not isinstance(value, kind) or not lo <= value <= hi:
         what = "a whole number" if kind is int else "a number"
         raise HttpError(422, "validation_failed", f"{name} must be {what} {lo}..{hi}")
+
+
+def _is_json(request: Request) -> bool:
+    ctype = request.headers.get("Content-Type", "")
+    return ctype.split(";", 1)[0].strip().lower() == "application/json"
+
+
+NUMERIC_FIELDS = {"duration_sec": float, "expires_sec": float, "repeat": int,
+                  "brightness": int}
+
+
+def _query_fields(request: Request) -> dict:
+    """Notification fields given as ?query for an uploaded image; numbers parsed, so a bad
+    one gets the same 400 naming the field as in JSON."""
+    fields = {}
+    for key, values in request.query.items():
+        if key == "name":
+            continue  # the upload's name, as for POST /api/media
+        if len(values) > 1:
+            raise HttpError(400, "bad_request", f"{key[:40]}: given twice")
+        value = values[0]
+        kind = NUMERIC_FIELDS.get(key)
+        if kind is not None:
+            try:
+                value = kind(value) if kind is int else float(value)
+            except ValueError:
+                pass  # left a string: the check names the field
+        fields[key] = value
+    return fields
 
 
 def upload_id(request: Request) -> str | None:

@@ -85,6 +85,23 @@ class _HeadTooLarge(http.client.HTTPException):
     pass
 
 
+class _MalformedHead(ValueError):
+    """A request head RFC 9112 says to refuse (400, then close): not an HTTPException, which
+    the stdlib's parse_request would turn into a 431."""
+
+
+# RFC 9112/9110: field-name ":" OWS field-value OWS, the name a token with nothing between it
+# and the colon, the value free of control characters but HTAB (NUL, CR and the rest are
+# refused, not cleaned), each line ending in CRLF (a bare LF is accepted). A line that does
+# not match, including obs-fold (a line starting with white space), is a 400: the stdlib's
+# parser would silently drop every later field, Content-Length too, and run the body as a
+# second request on the same connection.
+_FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r?\n\Z")
+_REQUEST_LINE_CTL = re.compile(rb"[\x00-\x1f\x7f](?!\n?\Z)")
+_END_OF_HEAD = (b"\r\n", b"\n")
+VERSIONS = ("HTTP/1.0", "HTTP/1.1")  # and the stdlib's HTTP/0.9 (a GET without a version)
+
+
 class _HeadReader:
     """Stands in for `rfile` while the stdlib reads a request head, bounding its size."""
 
@@ -92,6 +109,7 @@ class _HeadReader:
         self._rfile, self._counters = rfile, counters
         self.lines = 0
         self.size = 0
+        self._ended = False
 
     def readline(self, limit: int = -1) -> bytes:
         cap = MAX_REQUEST_LINE if self.lines == 0 else MAX_HEADER_LINE
@@ -106,6 +124,18 @@ class _HeadReader:
             raise http.client.LineTooLong("request line" if self.lines == 1 else "header line")
         if self.size > MAX_HEAD_BYTES or self.lines > MAX_HEADER_FIELDS + 2:
             raise _HeadTooLarge("request head too large")
+        if self.lines == 1:
+            if _REQUEST_LINE_CTL.search(line):
+                raise _MalformedHead("a control character in the request line")
+        elif not self._ended:
+            if line in _END_OF_HEAD:
+                self._ended = True
+            elif not line.endswith(b"\n"):
+                raise _MalformedHead("the request head ended inside a header line")
+            elif not _FIELD_LINE.match(line):
+                raise _MalformedHead("a malformed header line (a field needs a name, then "
+                                     "a colon with no space before it, and a value without "
+                                     "control characters; no folded lines)")
         return line
 
 
@@ -125,6 +155,9 @@ class BodyReader:
         self._on_first_read = on_first_read
         self.started: float | None = None
         self.failed = False
+        self._until: float | None = None  # a deadline of its own for the whole body
+        self._prefetched: bytes | None = None
+        self._served = 0
 
     @property
     def received(self) -> int:
@@ -135,13 +168,27 @@ class BodyReader:
         if self.started is None:
             self.started = self._clock()
         overall = self.started + self._web.request_timeout_seconds
+        if self._until is not None:
+            overall = min(overall, self._until)
         rate = self._web.min_body_rate_kbps * 1024
         if rate <= 0:
             return overall
         return min(overall, self.started + self._web.body_grace_sec + self.received / rate)
 
+    def prefetch(self, seconds: float) -> None:
+        """Read the whole (small) body now, all of it within `seconds`; later reads get it."""
+        self._until = self._clock() + seconds
+        try:
+            self._prefetched = self.read_all()
+        finally:
+            self._until = None
+
     def read(self, size: int) -> bytes:
         """Up to `size` bytes (b"" at the end or when the client stopped sending)."""
+        if self._prefetched is not None:
+            chunk = self._prefetched[self._served:self._served + size]
+            self._served += len(chunk)
+            return chunk
         if self.remaining <= 0:
             return b""
         if self._on_first_read is not None:
@@ -165,6 +212,8 @@ class BodyReader:
         return data
 
     def read_all(self) -> bytes:
+        if self._prefetched is not None:
+            return self._prefetched
         chunks = []
         while self.remaining > 0:
             chunk = self.read(self.remaining)
@@ -199,8 +248,9 @@ class Counters:
     """Connection and request counters shown in health (`checks.http`) and /metrics."""
 
     NAMES = ("connections_accepted", "connections_rejected", "closed", "idle_closed",
-             "timeouts", "requests", "admitted", "rejected", "rate_limited", "polls",
-             "continues", "bytes_in", "drained_bytes")
+             "idle_evicted", "timeouts", "requests", "admitted", "rejected",
+             "rejected_per_client", "rate_limited", "polls", "continues", "bytes_in",
+             "drained_bytes")
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -247,6 +297,50 @@ def client_key(address: str) -> str:
     return str(ip)
 
 
+class RequestSlots:
+    """`web.max_concurrent_requests` slots for requests doing work, shared fairly: one client
+    (address, IPv6 /64) holds at most half of them, and the last one is kept for polling, so
+    slow requests from one client can neither starve other clients nor the dashboards."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.per_client = max(1, slots // 2)
+        self._held: dict[str, int] = {}
+        self._in_use = 0
+        self._cond = threading.Condition()
+
+    def _refusal(self, client: str, poll: bool) -> str | None:
+        if self._held.get(client, 0) >= self.per_client:
+            return "client"
+        if self._in_use >= self.slots or (not poll and self._in_use >= self.slots - 1
+                                         and self.slots > 1):
+            return "full"
+        return None
+
+    def acquire(self, client: str, poll: bool, wait: float) -> str | None:
+        """None once a slot is held; else why not ('client' or 'full') after `wait` s."""
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while (why := self._refusal(client, poll)) is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return why
+                self._cond.wait(left)
+            self._in_use += 1
+            self._held[client] = self._held.get(client, 0) + 1
+            return None
+
+    def release(self, client: str) -> None:
+        with self._cond:
+            self._in_use -= 1
+            left = self._held.get(client, 1) - 1
+            if left:
+                self._held[client] = left
+            else:
+                self._held.pop(client, None)
+            self._cond.notify_all()
+
+
 OVERLOADED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
               b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s")
 OVERLOADED_BODY = (b'{"success":false,"message":"too many connections","error":"busy",'
@@ -267,7 +361,11 @@ class LoopServer(ThreadingHTTPServer):
         self.counters = Counters()
         self.heartbeat = time.monotonic()
         self.closing = False
-        self.request_slots = threading.BoundedSemaphore(web_cfg.max_concurrent_requests)
+        self.request_slots = RequestSlots(web_cfg.max_concurrent_requests)
+        # connections waiting for a request (the first, or the next on a kept-alive one):
+        # socket -> (client key, since); the oldest yield when the overall cap is near
+        self._idle: dict[socket.socket, tuple[str, float]] = {}
+        self._evicted: set[socket.socket] = set()
         # The monitor calls `limiter.evict_idle()` now and then to drop refilled buckets.
         self.limiter = RateLimiter(rate_classes(web_cfg), web_cfg.rate_table_size)
         self._per_client: dict[str, int] = {}
@@ -299,6 +397,8 @@ class LoopServer(ThreadingHTTPServer):
     def process_request(self, request, client_address) -> None:
         key = client_key(client_address[0])
         with self._conn_lock:
+            if self._per_client.get(key, 0) < self.web.max_connections_per_client:
+                self._make_room()
             over = (self.counters.connections_open >= self.web.max_connections
                     or self._per_client.get(key, 0) >= self.web.max_connections_per_client)
             if not over:
@@ -320,17 +420,56 @@ class LoopServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release(client_key(client_address[0]))
+            self._release(client_key(client_address[0]), request)
 
-    def _release(self, key: str) -> None:
+    def _release(self, key: str, request=None) -> None:
         with self._conn_lock:
-            self.counters.connections_open -= 1
-            left = self._per_client.get(key, 1) - 1
-            if left:
-                self._per_client[key] = left
+            self._idle.pop(request, None)
+            if request in self._evicted:  # already uncounted when it was told to go
+                self._evicted.discard(request)
             else:
-                self._per_client.pop(key, None)
+                self._uncount(key)
         self.counters.add("closed")
+
+    def _uncount(self, key: str) -> None:
+        self.counters.connections_open -= 1
+        left = self._per_client.get(key, 1) - 1
+        if left:
+            self._per_client[key] = left
+        else:
+            self._per_client.pop(key, None)
+
+    # ---- idle connections yield under pressure ------------------------------------------
+    @property
+    def spare_connections(self) -> int:
+        """Room kept for new clients: when fewer connections than this are left under
+        `web.max_connections`, the oldest idle ones are closed (at least 1, 1/8 of the cap)."""
+        return max(1, self.web.max_connections // 8)
+
+    def idle(self, sock, key: str) -> None:
+        """A connection waits for a request: it may be closed to make room."""
+        with self._conn_lock:
+            self._idle[sock] = (key, time.monotonic())
+
+    def busy(self, sock) -> bool:
+        """A request arrived on `sock`; False when it was closed to make room meanwhile."""
+        with self._conn_lock:
+            self._idle.pop(sock, None)
+            return sock not in self._evicted
+
+    def _make_room(self) -> None:
+        """(under the lock) Near the overall cap, close the oldest idle connections so a new
+        client finds room: a client holding connections it does not use must not lock out
+        one that polls. The closed connection stops counting at once."""
+        need = self.counters.connections_open + self.spare_connections - \
+            self.web.max_connections
+        for sock in list(self._idle)[:max(0, need)]:
+            key, _ = self._idle.pop(sock)
+            self._evicted.add(sock)
+            self._uncount(key)
+            self.counters.add("idle_evicted")
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # its thread sees the end and leaves
 
     def handle_error(self, request, client_address) -> None:
         exc = sys.exc_info()[1]
@@ -370,6 +509,7 @@ class LoopHandler(BaseHTTPRequestHandler):
         self._served = 0
         self._linger = False
         self._request: Request | None = None
+        self._slot: tuple[str, bool] | None = None  # the request slot held, (client, poll)
 
     def handle(self) -> None:
         try:
@@ -389,14 +529,22 @@ class LoopHandler(BaseHTTPRequestHandler):
             if self.server.closing or not self._await_next_request(web.keepalive_idle_sec):
                 self.close_connection = True
                 return
+        elif not self._await_next_request(web.header_timeout_sec, self.accepted):
+            self.close_connection = True
+            return
         self._started = self.accepted if not self._served else time.monotonic()
         self._stream.deadline = self._started + web.header_timeout_sec
-        self.rfile = _HeadReader(self._buffered, self.server.counters)
+        self.rfile = reader = _HeadReader(self._buffered, self.server.counters)
         try:
             super().handle_one_request()  # parse_request, then do_<METHOD> -> _dispatch
         except http.client.HTTPException:  # from the request line; header lines: 431 there
             self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
             self.send_error(414)
+        except _MalformedHead as exc:
+            if reader.lines <= 1:  # the request line itself: nothing of it was parsed
+                self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
+            self._send_error(HttpError(400, "bad_request", f"bad request head: {exc}",
+                                       close=True))
         except OSError as exc:  # reset, broken pipe, a write that timed out
             log.debug("client %s went away: %r", self.client_address[0], exc)
             self.close_connection = True
@@ -405,16 +553,35 @@ class LoopHandler(BaseHTTPRequestHandler):
             self.rfile = self._buffered
             self._served += 1
 
-    def _await_next_request(self, idle: float) -> bool:
-        """Wait for the first byte of another request on a kept-alive connection."""
-        self._stream.deadline = time.monotonic() + idle
+    def _await_next_request(self, idle: float, since: float | None = None) -> bool:
+        """Wait for the first byte of a request (the first one, under the header deadline,
+        or another on a kept-alive connection); meanwhile the connection is idle and may be
+        closed to make room for a new client (`LoopServer._make_room`)."""
+        self._stream.deadline = (since or time.monotonic()) + idle
+        server = self.server
+        server.idle(self.connection, client_key(self.client_address[0]))
         try:
-            return bool(self._buffered.peek(1))
+            arrived = bool(self._buffered.peek(1))
         except TimeoutError:
-            self.server.counters.add("idle_closed")
-            return False
+            server.counters.add("idle_closed" if self._served else "timeouts")
+            arrived = False
         except OSError:
+            arrived = False
+        return server.busy(self.connection) and arrived
+
+    def parse_request(self) -> bool:
+        """The stdlib's parser, then the version rule: HTTP/1.0 and HTTP/1.1 only. RFC 9110
+        would have a server treat an unknown minor version such as HTTP/1.2 as 1.1; no
+        real client sends one, so it is refused with 505 (the stdlib answers 505 from
+        HTTP/2.0 up) rather than guessed at."""
+        if not super().parse_request():
             return False
+        if self.request_version not in VERSIONS and self.request_version != "HTTP/0.9":
+            self.request_version = "HTTP/1.1"  # the version of our answer
+            self._send_error(HttpError(505, "version_not_supported", "only HTTP/1.0 and "
+                                       "HTTP/1.1 are spoken here", close=True))
+            return False
+        return True
 
     def handle_expect_100(self) -> bool:
         """Defer `100 Continue` to the first read of the body: by then every check passed."""
@@ -459,18 +626,40 @@ class LoopHandler(BaseHTTPRequestHandler):
         return self.server.limiter
 
     @contextlib.contextmanager
-    def admission(self):
-        """A slot of the bounded semaphore for the request's work, or 503 + Retry-After."""
+    def admission(self, client: str = "", rate_class: str = ""):
+        """A request slot for the request's work (`RequestSlots`: per-client share, one kept
+        for polling), or 503 + Retry-After."""
         server = self.server
-        if not server.request_slots.acquire(timeout=server.web.admission_wait_ms / 1000):
-            server.counters.add("rejected")
-            raise HttpError(503, "busy", "the server is busy; try again shortly",
-                            {"Retry-After": "1"}, close=True)
+        self._take_slot(client, rate_class == "poll")
         server.counters.add("admitted")
         try:
             yield
         finally:
-            server.request_slots.release()
+            if self._slot is not None:
+                server.request_slots.release(client)
+                self._slot = None
+
+    def _take_slot(self, client: str, poll: bool) -> None:
+        server = self.server
+        why = server.request_slots.acquire(client, poll, server.web.admission_wait_ms / 1000)
+        if why:
+            server.counters.add("rejected")
+            if why == "client":
+                server.counters.add("rejected_per_client")
+            raise HttpError(503, "busy", "the server is busy; try again shortly"
+                            if why == "full" else "this client already has its share of "
+                            "the server's request slots; try again shortly",
+                            {"Retry-After": "1"}, close=True)
+        self._slot = (client, poll)
+
+    def read_outside_slot(self, body: BodyReader, seconds: float) -> None:
+        """Read a small body whole with the request slot let go (all of it within `seconds`:
+        408 after), then take a slot again for the handler (503 when none frees up)."""
+        client, poll = self._slot
+        self.server.request_slots.release(client)
+        self._slot = None
+        body.prefetch(seconds)
+        self._take_slot(client, poll)
 
     def frame_body(self, limit: int, key: str = "media.max_upload_mb") -> BodyReader | None:
         """The framing rules, before a byte of the body is read: Transfer-Encoding 501 (411
@@ -556,6 +745,9 @@ class LoopHandler(BaseHTTPRequestHandler):
             if response.stream is not None and self.command != "HEAD":
                 self._send_stream(response)
         finally:
+            close = getattr(response.stream, "close", None)
+            if close is not None:  # a body not sent (HEAD, a broken write) still lets go
+                close()
             self._log_access(response.status, response.content_length)
 
     def _send_stream(self, response: Response) -> None:
@@ -667,8 +859,15 @@ class LoopHandler(BaseHTTPRequestHandler):
                        (time.monotonic() - self._started) * 1000)
 
 
+class LoopServer6(LoopServer):
+    """The same server on an IPv6 address: the family is a class attribute the stdlib reads
+    before binding, so it gets a class of its own (setting it on LoopServer would make every
+    later IPv4 bind in the process fail)."""
+
+    address_family = socket.AF_INET6
+
+
 def bind(host: str, port: int, web_cfg, api) -> LoopServer:
     """Create the server with its socket bound and listening (before privileges drop)."""
-    if ":" in host:
-        LoopServer.address_family = socket.AF_INET6
-    return LoopServer((host, port), web_cfg, api)
+    server_class = LoopServer6 if ":" in host else LoopServer
+    return server_class((host, port), web_cfg, api)

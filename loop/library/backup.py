@@ -37,10 +37,11 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 
-from loop import __version__, schedule
+from loop import __version__, schedule, untrusted_json
 from loop.config import FITS, MODES
 from loop.durable import fsync_dir, write_json_atomic
-from loop.library.store import MAX_NAME, Store, lock_data_dir, now_iso, valid_id
+from loop.library.names import clean_name
+from loop.library.store import Store, lock_data_dir, now_iso, valid_id
 from loop.media.errors import MediaError, storage_error
 
 log = logging.getLogger("loop.backup")
@@ -53,7 +54,9 @@ RECORD = 20 * BLOCK  # archives are padded to whole records, like tar(1) and tar
 CHUNK = 64 * 1024
 MAX_INDEX_BYTES = 16 * 2**20
 MAX_META_BYTES = 256 * 1024
-MAX_ITEMS = 100_000
+# Items one restore may bring: far more than a panel's library holds (every item is rendered
+# again after a restore), few enough that checking and re-rendering stay bounded.
+MAX_ITEMS = 10_000
 ITEM_MEMBER = re.compile(r"\Amedia/([0-9a-f]{16})/(meta\.json|original\.([a-z0-9]{1,10}))\Z")
 DIR_MEMBER = re.compile(r"\A(media|media/[0-9a-f]{16})/?\Z")
 WORD = re.compile(r"\A[a-z0-9_.+-]{1,32}\Z")
@@ -75,6 +78,11 @@ def _bad(message: str) -> RestoreError:
 
 def _invalid(message: str) -> RestoreError:
     return RestoreError(422, "validation_failed", f"the backup was refused: {message}")
+
+
+def _not_a_backup() -> RestoreError:
+    return RestoreError(400, "bad_request", "this is not a LOOP backup: a backup is the tar "
+                        "file that GET /api/backup or `loop.py backup` makes")
 
 
 # ---- writing -------------------------------------------------------------------------------
@@ -327,12 +335,19 @@ def extract(read, staging: str, *, limit: int, max_item_bytes: int, length: int 
     index = None
     originals: dict[str, dict] = {}  # id -> {"ext", "size", "sha256"}
     metas: dict[str, dict] = {}
+    first = True
     while True:
-        block = source.block("a header")
-        if block == _ZERO_BLOCK:
+        try:
+            block = source.block("a header")
+            header = None if block == _ZERO_BLOCK else _parse_header(block)
+        except RestoreError as exc:
+            if first and exc.status == 400:  # a photo, a text file: say what a backup is
+                raise _not_a_backup() from None
+            raise
+        first = False
+        if header is None:
             source.block("the end-of-archive marker")  # the second zero block
             break
-        header = _parse_header(block)
         name = header.name
         if name in seen:
             raise _invalid(f"{name[:80]!r} appears twice")
@@ -414,32 +429,41 @@ def _write_original(source: _Source, header: _Header, media_dir: str, item_id: s
 
 def _load_json(data: bytes, what: str):
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _invalid(f"{what} is not valid JSON") from None
+        return untrusted_json.loads(data)
+    except ValueError:  # not JSON, not UTF-8, or nested too deep
+        raise _invalid(f"{what} is not valid JSON (nested at most {untrusted_json.MAX_DEPTH} "
+                       "levels)") from None
 
 
 def _read_index(data: bytes, max_item_bytes: int) -> dict:
-    doc = _load_json(data, INDEX)
+    return check_index(_load_json(data, INDEX))
+
+
+def check_index(doc) -> dict:
+    """The backup's index, checked in time linear in its size: at most MAX_ITEMS items, each
+    with a valid id listed once, a loop of listed ids, valid settings."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise _invalid(f"{INDEX} is not a LOOP backup index")
     if doc.get("version") != FORMAT_VERSION:
         raise _invalid(f"backup format version {doc.get('version')!r} is not supported "
                        f"(this LOOP reads version {FORMAT_VERSION})")
     items, loop = doc.get("items"), doc.get("loop")
-    if not isinstance(items, list) or not isinstance(loop, list) or len(items) > MAX_ITEMS:
+    if not isinstance(items, list) or not isinstance(loop, list):
         raise _invalid(f"{INDEX} needs an items list and a loop list")
-    ids = []
+    if len(items) > MAX_ITEMS or len(loop) > MAX_ITEMS:
+        raise _invalid(f"{INDEX} lists {max(len(items), len(loop))} items; a restore takes at "
+                       f"most {MAX_ITEMS}")
+    ids: set[str] = set()
     for n, meta in enumerate(items):
         if not isinstance(meta, dict) or not valid_id(meta.get("id")):
             raise _invalid(f"{INDEX}: items[{n}] has no valid id")
-        ids.append(meta["id"])
-    if len(set(ids)) != len(ids):
-        raise _invalid(f"{INDEX} lists an item twice")
+        if meta["id"] in ids:
+            raise _invalid(f"{INDEX} lists an item twice")
+        ids.add(meta["id"])
     if not all(isinstance(i, str) and i in ids for i in loop) or len(set(loop)) != len(loop):
         raise _invalid(f"{INDEX}: the loop names an unknown item or one twice")
-    settings = _check_settings(doc.get("settings", {}), set(ids))
-    return {"items": items, "ids": set(ids), "loop": list(loop), "settings": settings}
+    settings = _check_settings(doc.get("settings", {}), ids)
+    return {"items": items, "ids": ids, "loop": list(loop), "settings": settings}
 
 
 def _check_settings(raw, ids: set) -> dict:
@@ -505,10 +529,8 @@ def clean_meta(raw: dict, original: dict) -> dict:
             return default
         return value
 
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME \
-            or not name.isprintable():
-        name = f"{item_id}.{original['ext']}"
+    name = clean_name(raw.get("name")) if isinstance(raw.get("name"), str) else ""
+    name = name or f"{item_id}.{original['ext']}"
     notes = raw.get("notes")
     notes = [n[:300] for n in notes[:20] if isinstance(n, str)] if isinstance(notes, list) \
         else []

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import multipart
 
+from loop.library import names
 from loop.library.jobs import Job, Jobs
 from loop.library.maintenance import render_key
-from loop.library.store import MAX_NAME, Store, now_iso
+from loop.library.store import Store, now_iso
 from loop.media import render
 from loop.media.errors import MediaError, storage_error
 from loop.media.frames import FrameFile
@@ -30,10 +31,10 @@ UPLOAD_ID = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 
 
 def clean_name(name: str | None, fallback: str = "upload") -> str:
-    """A display name from a client-supplied file name: no path, no control characters."""
+    """A display name from a client-supplied file name: no path, then the one rule for names
+    (loop/library/names.py)."""
     name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch.isprintable()).strip()
-    return name[:MAX_NAME] or fallback
+    return names.clean_name(name) or fallback
 
 
 @dataclass
@@ -76,8 +77,9 @@ class Intake:
         """A raw body (`curl --data-binary`) as one file."""
         job = self.jobs.create(clean_name(name), upload_id)
         directory = self.store.new_temp_dir("up")
-        sink = _Sink(directory, job, self.jobs, length)
+        sink = None
         try:
+            sink = _Sink(directory, job, self.jobs, length)
             remaining = length
             while remaining > 0:
                 chunk = read(min(CHUNK, remaining))
@@ -87,7 +89,22 @@ class Intake:
                 remaining -= len(chunk)
             return [sink.close(clean_name(name))]
         except BaseException as exc:
+            if sink is not None:
+                sink.discard()
             self._fail(job, exc)
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    def receive_bytes(self, data: bytes, name: str,
+                      upload_id: str | None = None) -> Received:
+        """Bytes already in memory (a text or clock spec, an MQTT payload) as one file."""
+        directory = self.store.new_temp_dir("up")
+        try:
+            sink = _Sink(directory, self.jobs.create(clean_name(name), upload_id), self.jobs,
+                         len(data))
+            sink.write(data)
+            return sink.close(clean_name(name))
+        except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
 
@@ -127,8 +144,12 @@ class Intake:
         return files
 
     def _abandon(self, files, sink, directory, exc=None) -> None:
-        for job in [f.job for f in files] + ([sink.job] if sink else []):
+        if sink is not None:
+            sink.discard()
+        jobs = [f.job for f in files] + ([sink.job] if sink else [])
+        for job in jobs:
             self._fail(job, exc or MediaError(400, "bad_request", "upload aborted"))
+        self.jobs.merge_failed(jobs)
         shutil.rmtree(directory, ignore_errors=True)
 
     def _fail(self, job: Job, exc: BaseException) -> None:
@@ -149,6 +170,7 @@ class Intake:
         finally:
             for received in files:
                 shutil.rmtree(os.path.dirname(received.path), ignore_errors=True)
+            self.jobs.merge_failed([received.job for received in files])
         statuses = [r["status"] for r in results]
         for success in (201, 200):
             if success in statuses:
@@ -211,6 +233,7 @@ class Intake:
                 "notes": rendered.notes,
                 "render": render_key(target),
                 "_staging": staging,
+                **rendered.extra,
             }
             return meta
         except BaseException:
@@ -239,6 +262,10 @@ class _Sink:
         self.hash.update(chunk)
         self.size += len(chunk)
         self.jobs.update(self.job, progress=self.size / self.expected)
+
+    def discard(self) -> None:
+        """The upload was aborted: let go of the file handle (the caller removes the file)."""
+        self._fh.close()
 
     def close(self, name: str) -> Received:
         try:

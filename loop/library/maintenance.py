@@ -167,7 +167,7 @@ class Maintenance:
                 self.store.replace_render(meta["id"], staging, {
                     "kind": rendered.kind, "frames": rendered.frames,
                     "duration_ms": rendered.duration_ms, "notes": rendered.notes,
-                    "render": render_key(target)})
+                    "render": render_key(target), **rendered.extra})
             except MediaError as exc:
                 return exc.message
             except Stopped:

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -31,6 +32,10 @@ INDEX_VERSION = 1
 ITEM_FIELDS = ("id", "name", "kind", "width", "height", "frames", "duration_ms", "bytes",
                "created_at", "loop_count", "duration_sec")
 MAX_NAME = 200
+# After a failed index write the debounced flush waits this long, doubling up to the cap: a
+# dying SD card (a persistent EIO) is neither hammered nor allowed to flood the log.
+FLUSH_RETRY_MIN_SEC = 5.0
+FLUSH_RETRY_MAX_SEC = 300.0
 
 
 def valid_id(text: str) -> bool:
@@ -82,8 +87,9 @@ class LibraryView:
 class Store:
     """The library: items, loop order and runtime settings, persisted in `index.json`."""
 
-    def __init__(self, data_dir: str, setting_defaults: dict):
+    def __init__(self, data_dir: str, setting_defaults: dict, *, clock=time.monotonic):
         self.data_dir = data_dir
+        self.clock = clock  # paces the retries of a failed flush
         self.media_dir = os.path.join(data_dir, "media")
         self.tmp_dir = os.path.join(data_dir, "tmp")
         self.index_path = os.path.join(data_dir, "index.json")
@@ -100,6 +106,8 @@ class Store:
         self._defaults = dict(setting_defaults)
         self.index_writes = 0
         self.write_error: str | None = None  # the last failed library write, until one works
+        self.write_failures = 0  # index writes failed in a row
+        self.flush_retry_at = -math.inf  # (clock) no debounced flush is tried before this
         self.recovery: dict = {}
         self._pending: frozenset = frozenset()
         self.view = LibraryView((), (), 0)
@@ -150,12 +158,28 @@ class Store:
         try:
             write_json_atomic(self.index_path, self._index_doc())
         except OSError as exc:
-            self.write_error = f"index.json not written: {exc.strerror or exc}"
-            log.error("%s", self.write_error)
+            self._write_failed(f"index.json not written: {exc.strerror or exc}")
             raise
-        self.index_writes += 1
-        self.write_error = None
         self._written_gen = generation
+        self.index_writes += 1
+        if self.write_error is not None:
+            log.warning("index.json written again, after %d failed attempt(s)",
+                        self.write_failures)
+        self.write_error = None
+        self.write_failures = 0
+        self.flush_retry_at = -math.inf
+
+    def _write_failed(self, error: str) -> None:
+        """Log a write failure once per change of state (not once per retry) and back off
+        the debounced flush; health shows `write_error` until a write works again."""
+        self.write_failures += 1
+        delay = FLUSH_RETRY_MIN_SEC * 2 ** min(self.write_failures - 1, 16)
+        self.flush_retry_at = self.clock() + min(delay, FLUSH_RETRY_MAX_SEC)
+        if error != self.write_error:
+            log.error("%s; settings are retried after %.0f s, doubling up to %.0f s, and "
+                      "health shows it until a write works", error, FLUSH_RETRY_MIN_SEC,
+                      FLUSH_RETRY_MAX_SEC)
+        self.write_error = error
 
     def _publish(self) -> None:
         self._pending = self._pending & self._items.keys()
@@ -395,8 +419,17 @@ class Store:
         with self._lock:
             self._transaction(lambda: self._set_settings(**changes))
 
-    def flush(self) -> bool:
-        """Write debounced setting changes; True when something was written."""
+    @property
+    def unsaved(self) -> bool:
+        """True while a debounced settings change has not reached index.json."""
+        return self._written_gen != self.settings_gen
+
+    def flush(self, force: bool = False) -> bool:
+        """Write debounced setting changes; True when something was written. After a failed
+        write it is not tried again before `flush_retry_at` (see FLUSH_RETRY_MIN_SEC), unless
+        `force` (shutdown)."""
+        if not force and self.clock() < self.flush_retry_at:
+            return False
         with self._lock:
             if self._written_gen == self.settings_gen:
                 return False
@@ -410,7 +443,8 @@ class Store:
     def open(self) -> dict:
         """Recover the data directory and load the library; returns what recovery did."""
         report = {"tmp_removed": 0, "orphans_removed": 0, "dropped": [], "rebuilt": False,
-                  "bad_index_kept": None, "restored": [], "temp_files_removed": 0}
+                  "bad_index_kept": None, "restored": [], "temp_files_removed": 0,
+                  "rerender": []}
         with self._lock:
             os.makedirs(self.media_dir, exist_ok=True)
             os.makedirs(self.tmp_dir, exist_ok=True)
@@ -427,8 +461,16 @@ class Store:
             for item_id in list(self._items):
                 reason = self._check_item(item_id)
                 if reason:
+                    log.error("recovery: item %s is dropped and its files removed: %s",
+                              item_id, reason)
                     report["dropped"].append({"id": item_id, "reason": reason})
                     del self._items[item_id]
+                    needs_write = True
+                    continue
+                damage = self._check_frames(item_id)
+                if damage:
+                    self._render_again(item_id, damage)
+                    report["rerender"].append({"id": item_id, "reason": damage})
                     needs_write = True
             self._loop = [i for i in self._loop if i in self._items]
             report["orphans_removed"] = self._remove_orphans()
@@ -439,7 +481,7 @@ class Store:
             self._publish()
         self.recovery = report
         if any(report[k] for k in ("tmp_removed", "orphans_removed", "dropped", "rebuilt",
-                                   "restored", "temp_files_removed")):
+                                   "restored", "temp_files_removed", "rerender")):
             log.warning("recovery: %s", report)
         else:
             log.info("recovery: the data directory was clean (%d items)", len(self._items))
@@ -500,23 +542,55 @@ class Store:
         return {"items": items, "loop": [m["id"] for m in items], "settings": {}}
 
     def _check_item(self, item_id: str) -> str | None:
+        """Why the item cannot stay in the library, or None. Only a missing directory or an
+        unreadable original drops an item: the original is the user's data, and everything
+        else (frames, thumbnail) is made from it again."""
         if not valid_id(item_id):
             return "invalid id"
         directory = os.path.join(self.media_dir, item_id)
         if not os.path.isdir(directory):
             return "directory missing"
-        frames_path = os.path.join(directory, "frames.bin")
-        # a restored item (render: null) has no frames until the maintenance thread renders it
-        waiting = self._items[item_id].get("render", "") is None \
-            and not os.path.lexists(frames_path)
         try:
-            if not waiting:
-                frames.validate(frames_path)
+            with open(self.original_path_for(self._items[item_id]), "rb") as fh:
+                if not fh.read(1):
+                    return "original is empty"
+        except FileNotFoundError:
+            return "original missing"
+        except OSError as exc:
+            return f"original unreadable: {exc.strerror or exc}"
+        return None
+
+    def _check_frames(self, item_id: str) -> str | None:
+        """What is wrong with the item's frame file (truncated by a crash, damaged), or
+        None."""
+        frames_path = os.path.join(self.media_dir, item_id, "frames.bin")
+        # a restored item (render: null) has no frames until the maintenance thread renders it
+        if self._items[item_id].get("render", "") is None and not os.path.lexists(frames_path):
+            return None
+        try:
+            frames.validate(frames_path)
         except (OSError, frames.FrameFileError) as exc:
             return f"frame file: {exc}"
-        if not os.path.exists(self.original_path_for(self._items[item_id])):
-            return "original missing"
         return None
+
+    def _render_again(self, item_id: str, damage: str) -> None:
+        """Keep an item whose frames are damaged: drop the bad frame file and record that
+        the item has no render (`render: null`, as a restored item), so the maintenance
+        thread makes new frames from the original. Nothing maps the file yet at start-up."""
+        log.warning("recovery: item %s is kept and will be re-rendered from its original "
+                    "(%s)", item_id, damage)
+        try:
+            os.unlink(os.path.join(self.media_dir, item_id, "frames.bin"))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # it stays pending all the same; the re-render replaces it
+            log.warning("cannot remove the damaged frame file of %s: %s", item_id, exc)
+        meta = dict(self._items[item_id], render=None)
+        self._items[item_id] = meta
+        try:
+            write_json_atomic(os.path.join(self.media_dir, item_id, "meta.json"), meta)
+        except OSError as exc:  # the index holds the change; meta.json catches up later
+            log.warning("meta.json of %s not updated: %s", item_id, exc)
 
     def original_path_for(self, meta: dict) -> str:
         return os.path.join(self.media_dir, meta["id"], f"original.{meta.get('ext', 'bin')}")

@@ -112,8 +112,9 @@ class FrameWriter:
         """Lengthen the last frame (used when frames are dropped to lower the frame rate)."""
         self.durations[-1] = min(self.durations[-1] + int(duration_ms), MAX_DURATION_MS)
 
-    def finish(self) -> Header:
-        """Write durations and the final count, fsync, close."""
+    def finish(self, sync: bool = True) -> Header:
+        """Write durations and the final count, fsync (unless `sync` is False: a transient
+        file such as a notification's), close."""
         if not self.durations:
             raise FrameFileError("no frames")
         self._fh.write(struct.pack(f"<{self.count}I", *self.durations))
@@ -122,7 +123,8 @@ class FrameWriter:
         self._fh.seek(0)
         self._fh.write(pack_header(self.header))
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if sync:
+            os.fsync(self._fh.fileno())
         self._fh.close()
         return self.header
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps, features
 
+from loop.media import budget
 from loop.media.errors import MediaError, storage_error
 from loop.media.frames import PIXEL_FORMATS, FrameWriter
 from loop.media.geometry import PIXEL_ART_MAX_SIDE, Target, fit_image
@@ -56,6 +57,7 @@ class Rendered:
     duration_ms: int
     notes: list[str] = field(default_factory=list)
     ext: str = "bin"  # extension of the stored original, from the bytes
+    extra: dict = field(default_factory=dict)  # kind-specific metadata (a clock's layout)
 
 
 def gif_delay(duration) -> int:
@@ -140,23 +142,94 @@ def render_image(path: str, frames_path: str, target: Target, media_cfg, *,
         img.close()
 
 
-def upright_still(img: Image.Image, target: Target) -> tuple[Image.Image, tuple[int, int]]:
-    """A still made ready to fit, and the source's upright size.
+def _work_side(target: Target) -> int:
+    """The smallest side a picture is brought down to before the fit: twice the panel and
+    above the pixel-art size, so the fit's Lanczos still has detail to work with."""
+    return 2 * max(target.width, target.height, PIXEL_ART_MAX_SIDE)
 
-    Phone photos are turned upright from their EXIF orientation (no copy when there is
-    nothing to turn). A JPEG is decoded at libjpeg's reduced DCT scale (1/2, 1/4 or 1/8):
-    the smallest one still at least twice the panel and above the pixel-art size, so a
-    4000x3000 photo costs ~0.6 MB and a third of the time instead of 36 MB (make bench).
+
+def _draft(img: Image.Image, target: Target) -> None:
+    """A JPEG is decoded at libjpeg's reduced DCT scale (1/2, 1/4 or 1/8): the smallest one
+    still at least `_work_side`, so a 4000x3000 photo costs ~0.6 MB and a third of the time
+    instead of 36 MB (make bench). Pillow ignores a second call."""
+    if img.format == "JPEG":
+        side = _work_side(target)
+        img.draft("RGB", (side, side))
+
+
+def shrink(img: Image.Image, target: Target) -> Image.Image:
+    """A big decoded picture made small in its own mode, before anything converts or copies
+    it at full size: a whole-number reduction to no less than `_work_side` (box filter where
+    Pillow reduces the mode in place; nearest neighbour for palette images and for alpha,
+    which Pillow would first copy whole to premultiply). The fit does the rest."""
+    factor = min(img.size) // _work_side(target)
+    if factor < 2:
+        return img
+    if img.mode in ("L", "RGB", "RGBX", "I", "F"):
+        return img.reduce(factor)
+    side = _work_side(target)  # nearest neighbour keeps twice the samples against aliasing
+    factor = max(1, min(img.size) // (2 * side))
+    return img.resize((img.width // factor, img.height // factor), Image.Resampling.NEAREST)
+
+
+def upright_still(img: Image.Image, target: Target,
+                  stored_size: tuple[int, int] | None = None
+                  ) -> tuple[Image.Image, tuple[int, int]]:
+    """A still decoded and made ready to fit, and the source's upright size.
+
+    A big JPEG is decoded at a reduced scale (`_draft`); any big picture is brought down in
+    its own mode right after decoding (`shrink`); phone photos are then turned upright from
+    their EXIF orientation (no copy when there is nothing to turn). `stored_size` is the
+    size before a draft already made (default: `img.size`).
     """
     orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-    width, height = img.size
+    width, height = stored_size or img.size
     size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-    if img.format == "JPEG":
-        side = 2 * max(target.width, target.height, PIXEL_ART_MAX_SIDE)
-        img.draft("RGB", (side, side))
+    _draft(img, target)
+    img.load()
+    img = shrink(img, target)
     if orientation != 1:
         img = ImageOps.exif_transpose(img)
     return img, size
+
+
+# Bytes per pixel of Pillow's image memory for each mode (RGB is stored in 4 bytes).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+# Bytes per canvas pixel that Pillow and its codecs hold while decoding an animation
+# (measured on Pillow 9.4 and 13 alike, rounded up): libwebp's animation decoder keeps two
+# RGBA canvases and Pillow two more (16.1, also for stills); a GIF after its first frame is
+# an RGB(A) canvas, the previous canvas and the palette frame (13.1); APNG likewise (12.1).
+_CANVAS_BYTES = {"WEBP": 17, "GIF": 14, "PNG": 13}
+CODEC_OVERHEAD = 8 * 1024 * 1024  # codec buffers, the shrunk picture, the fit, the frame
+
+
+def decode_cost(img: Image.Image, n_frames: int, full_size: tuple[int, int]) -> int:
+    """The most memory decoding `img` (opened, nothing decoded yet; a JPEG already drafted,
+    `full_size` its size before) and fitting its frames will hold at once, in bytes, from
+    the header alone."""
+    width, height = img.size
+    pixels = width * height
+    if img.format == "WEBP" or (n_frames > 1 and img.format in _CANVAS_BYTES):
+        return pixels * _CANVAS_BYTES.get(img.format, 16) + CODEC_OVERHEAD
+    cost = pixels * _MODE_BYTES.get(img.mode, 4)
+    if img.format == "AVIF":
+        cost *= 2  # the decoder's own picture, then Pillow's
+    if img.format == "JPEG" and (img.info.get("progressive") or img.info.get("progression")):
+        # a progressive JPEG keeps every DCT coefficient of the full-size picture (2 bytes
+        # each), whatever scale it is decoded at
+        full = full_size
+        layers = getattr(img, "layer", None) or [("", 1, 1, 0)] * 3
+        h_max = max(layer[1] for layer in layers) or 1
+        v_max = max(layer[2] for layer in layers) or 1
+        share = sum(layer[1] * layer[2] for layer in layers) / (h_max * v_max)
+        cost += int(full[0] * full[1] * share * 2)
+    return cost + CODEC_OVERHEAD
+
+
+def describe(img: Image.Image, n_frames: int, size: tuple[int, int]) -> str:
+    """How a refusal names the picture: '6300x6300 RGBA PNG', 'a 6000x6000 animated WEBP'."""
+    kind = "animated " if n_frames > 1 else ""
+    return f"the image is a {size[0]}x{size[1]} {kind}{img.mode} {img.format}"
 
 
 @contextlib.contextmanager
@@ -252,8 +325,19 @@ def _render_frames(img, frames_path, target, media_cfg, progress, deadline) -> R
     animated = n_frames > 1
     source_size = img.size
     if not animated:
-        with _decoding():
-            img, source_size = upright_still(img, target)  # upright; big JPEGs reduced
+        _draft(img, target)
+    cost = decode_cost(img, n_frames, source_size)
+    with budget.reservation(cost, describe(img, n_frames, source_size), deadline):
+        return _render_reserved(img, frames_path, target, media_cfg, progress, deadline,
+                                n_frames, fmt, source_size)
+
+
+def _render_reserved(img, frames_path, target, media_cfg, progress, deadline, n_frames,
+                     fmt, source_size) -> Rendered:
+    animated = n_frames > 1
+    if not animated:
+        with _decoding():  # decoded, shrunk, upright
+            img, source_size = upright_still(img, target, source_size)
     frame_size = target.width * target.height * PIXEL_FORMATS[target.pixel_format][1]
     stride, keep = _frame_plan(n_frames, frame_size, media_cfg)
     max_ms = media_cfg.max_duration_sec * 1000
@@ -283,7 +367,7 @@ def _render_frames(img, frames_path, target, media_cfg, progress, deadline) -> R
                 break
             with _decoding():
                 img.load()  # decode now: Pillow is lazy, and fit_image is not a decoder
-                flat = _flatten(img)
+                flat = _flatten(shrink(img, target) if animated else img)
             frame = to_pixels(fit_image(flat, target), target.pixel_format, target.rotation)
             with _writing():
                 writer.add(frame, delay)

@@ -1,8 +1,9 @@
 """Decoding any supported upload into a frame file, and the previews made from frames.
 
 The type is decided from the bytes, never from the file name: video containers are
-recognised by `video.sniff` and go to ffmpeg (loop/media/video.py); everything else goes to
-Pillow (loop/media/image.py).
+recognised by `video.sniff` and go to ffmpeg (loop/media/video.py); a text or clock spec
+(the canonical JSON of loop/media/generated.py) is drawn; everything else goes to Pillow
+(loop/media/image.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 
 from PIL import Image
 
-from loop.media import image, video
+from loop.media import generated, image, video
 from loop.media.geometry import Target
 from loop.media.pixels import frame_image
 
@@ -25,6 +26,9 @@ def render(path: str, frames_path: str, target: Target, media_cfg,
     container = video.sniff(path)
     if container is not None:
         return video.render(path, container, frames_path, target, media_cfg, **kwargs)
+    spec = generated.read_spec(path)
+    if spec is not None:
+        return generated.render_spec(spec, frames_path, target, media_cfg, **kwargs)
     return image.render_image(path, frames_path, target, media_cfg, **kwargs)
 
 

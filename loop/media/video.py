@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -32,6 +33,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from loop.media import budget
 from loop.media.errors import MediaError
 from loop.media.frames import PIXEL_FORMATS, FrameWriter
 from loop.media.geometry import Target, fit_geometry, is_pixel_art
@@ -53,7 +55,24 @@ ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LIS
 STDERR_TAIL = 4096  # bytes of a child's stderr kept for the error message
 PROBE_OUTPUT_MAX = 64 * 1024
 CHILD_NICE = 10  # ffmpeg/ffprobe yield the CPU to the display thread and the HTTP threads
-DECODE_THREADS = "2"  # decoder threads per ffmpeg: 3 jobs x 2 threads on a 4-core Pi
+DECODE_THREADS = 2  # decoder threads per ffmpeg: 3 jobs x 2 threads on a 4-core Pi
+# Above about 1080p the decoder gets one thread: each more thread holds another full frame.
+BIG_FRAME_PIXELS = 2_100_000
+# Memory of a child, for the decode budget (loop/media/budget.py). Measured with Debian's
+# ffmpeg 5.1: before any frame, ffmpeg and ffprobe are ~55-57 MB resident (mostly library
+# pages); a decode then holds about (decoder threads + 3) frames in the decoder's pixel
+# format (1080p H.264, 2 threads: 70 MB; 4K, 1 thread: 93 MB). ffprobe decodes a frame or
+# two of its own to fill in the stream's details (4K: 70 MB).
+CHILD_BASE = 60 * 1024 * 1024
+FRAMES_HELD_BEYOND_THREADS = 3
+PROBE_COST = 72 * 1024 * 1024
+# Each child runs under RLIMIT_DATA (`ulimit -d`) = its reservation + DATA_SLACK, so a header
+# that lies about the picture size cannot take the Pi down: the child fails to allocate and
+# the upload gets a 422. RLIMIT_DATA rather than RLIMIT_AS: ffmpeg maps 500-650 MB of address
+# space it never touches (shared libraries, 64 MB malloc arenas), which RLIMIT_AS counts and
+# RLIMIT_DATA does not. What RLIMIT_DATA counts beyond the resident set is thread stacks and
+# arena slack: VmData - VmRSS was 27-47 MB in every decode measured.
+DATA_SLACK = 80 * 1024 * 1024
 MIN_FPS_FACTOR = 4  # the item budget lowers the frame rate at most this much, then cuts
 
 
@@ -71,6 +90,30 @@ class Probe:
     height: int
     fps: float | None
     duration: float | None
+    coded_pixels: int = 0  # width x height as stored: what the decoder allocates
+    pix_fmt: str = ""
+
+
+def pixel_bytes(pix_fmt: str) -> float:
+    """Bytes per pixel of a decoded frame in ffmpeg's pixel format (unknown: 4)."""
+    deep = 2 if re.search(r"p(9|10|12|14|16)(le|be)?\Z", pix_fmt or "") else 1
+    for prefixes, size in ((("yuv420", "yuvj420", "yuva420", "nv12", "nv21"), 1.5),
+                           (("yuv422", "yuvj422", "nv16"), 2),
+                           (("yuv444", "yuvj444", "gbrp", "rgb24", "bgr24"), 3),
+                           (("gray", "yuv400"), 1)):
+        if (pix_fmt or "").startswith(prefixes):
+            return size * deep
+    return 4 * deep
+
+
+def decoder_threads(info: Probe) -> int:
+    return 1 if info.coded_pixels > BIG_FRAME_PIXELS else DECODE_THREADS
+
+
+def decode_cost(info: Probe) -> int:
+    """Bytes an ffmpeg decoding this stream holds at its peak, from ffprobe's header."""
+    frames = decoder_threads(info) + FRAMES_HELD_BEYOND_THREADS
+    return CHILD_BASE + int(info.coded_pixels * pixel_bytes(info.pix_fmt) * frames)
 
 
 class DecodeTimeout(Exception):
@@ -115,9 +158,14 @@ class Child:
     helper thread exists and a full stderr pipe can never stall the child.
     """
 
-    def __init__(self, argv: list[str], deadline: float):
+    def __init__(self, argv: list[str], deadline: float, data_limit: int | None = None):
         self.deadline = deadline
         self.tail = bytearray()
+        self.data_limit = data_limit
+        self.name = os.path.basename(argv[0])
+        if data_limit is not None:  # set in the child before exec: no window without it
+            argv = ["/bin/sh", "-c", 'ulimit -d "$0" && exec "$@"',
+                    str(max(1, data_limit // 1024)), *argv]
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -125,7 +173,7 @@ class Child:
                                          start_new_session=True)
         except OSError as exc:  # not executable, wrong architecture, ...
             raise MediaError(415, "unsupported_media", f"video uploads need a working "
-                             f"{os.path.basename(argv[0])}: {exc.strerror or exc}") from None
+                             f"{self.name}: {exc.strerror or exc}") from None
         try:  # before ffmpeg starts its threads (they inherit it): the panel and the API first
             os.setpriority(os.PRIO_PROCESS, self.proc.pid, CHILD_NICE)
         except OSError:
@@ -216,12 +264,24 @@ class Child:
         self.proc.stdout.close()
         self.proc.stderr.close()
 
+    @property
+    def exec_failed(self) -> bool:
+        """The shell that sets the limit could not start the tool (the shell's 126/127)."""
+        return self.data_limit is not None and self.proc.returncode in (126, 127)
+
     def last_error(self, path: str) -> str:
-        """The last line ffmpeg printed, without our temp path, for people."""
+        """The last line ffmpeg printed, without our temp path, for people; with the memory
+        limit it ran under, which may be why it stopped."""
         lines = [ln.strip() for ln in self.tail.decode("utf-8", "replace").splitlines()]
         lines = [ln for ln in lines if ln]
         text = lines[-1] if lines else "no details"
-        return text.replace(f"file:{path}", "input").replace(path, "input")[-200:]
+        if self.proc.returncode is not None and self.proc.returncode < 0:
+            text = f"killed by signal {-self.proc.returncode}; {text}"
+        text = text.replace(f"file:{path}", "input").replace(path, "input")[-200:]
+        if self.data_limit is not None:
+            text += (f" (it may have run out of the {self.data_limit // 2**20} MB it may use:"
+                     " a picture larger than the video's header says)")
+        return text
 
 
 def _rate(text: str | None) -> float | None:
@@ -247,14 +307,17 @@ def probe(ffprobe: str, path: str, container: Container, deadline: float) -> Pro
         raise MediaError(415, "unsupported_media", "this container is not accepted")
     argv = [ffprobe, "-v", "error", "-hide_banner", "-protocol_whitelist", "file",
             "-format_whitelist", FORMAT_WHITELIST, "-f", container.demuxer,
-            "-select_streams", "v:0", "-of", "json",
+            "-threads", "1", "-select_streams", "v:0", "-of", "json",
             "-show_entries", "format=format_name,duration:stream=codec_type,codec_name,width,"
-            "height,avg_frame_rate,r_frame_rate,duration,sample_aspect_ratio:"
+            "height,pix_fmt,avg_frame_rate,r_frame_rate,duration,sample_aspect_ratio:"
             "stream_tags=rotate:stream_side_data=rotation", f"file:{path}"]
-    child = Child(argv, deadline)
+    child = Child(argv, deadline, data_limit=PROBE_COST + DATA_SLACK)
     try:
         output = child.read_capped(PROBE_OUTPUT_MAX)
         status = child.finish()
+        if child.exec_failed:
+            raise MediaError(415, "unsupported_media", f"video uploads need a working "
+                             f"{child.name}: {bytes(child.tail[-200:]).decode(errors='replace')}")
         if status != 0:
             raise MediaError(422, "invalid_media", "a broken or truncated video: "
                              + child.last_error(path))
@@ -275,6 +338,7 @@ def probe(ffprobe: str, path: str, container: Container, deadline: float) -> Pro
     width, height = stream.get("width"), stream.get("height")
     if not isinstance(width, int) or not isinstance(height, int) or width <= 0 or height <= 0:
         raise MediaError(422, "invalid_media", "the video stream has no picture size")
+    coded = width * height
     sar = _rate((stream.get("sample_aspect_ratio") or "1:1").replace(":", "/")) or 1.0
     if sar != 1.0:
         width = max(1, round(width * sar))
@@ -288,7 +352,8 @@ def probe(ffprobe: str, path: str, container: Container, deadline: float) -> Pro
         pass
     fps = _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate"))
     duration = _seconds(fmt.get("duration")) or _seconds(stream.get("duration"))
-    return Probe(names[0], str(stream.get("codec_name") or "?"), width, height, fps, duration)
+    return Probe(names[0], str(stream.get("codec_name") or "?"), width, height, fps, duration,
+                 coded, str(stream.get("pix_fmt") or ""))
 
 
 def plan(info: Probe, frame_size: int, media_cfg) -> tuple[float, int, float, list[str]]:
@@ -321,10 +386,11 @@ def plan(info: Probe, frame_size: int, media_cfg) -> tuple[float, int, float, li
 
 
 def filter_graph(info: Probe, target: Target, fps: float) -> str:
-    """fps cap, then scale + pad (contain) / crop (cover) / nothing (stretch), then RGB."""
+    """Scale, fps cap, then pad (contain) / crop (cover) / nothing (stretch), then RGB."""
     width, height, x, y = fit_geometry((info.width, info.height), target)
     flags = "neighbor" if is_pixel_art((info.width, info.height), (width, height)) else "area"
-    steps = [f"fps=fps={fps:.6f}", f"scale={width}:{height}:flags={flags}", "setsar=1"]
+    # scale first: no filter holds a full-size frame (the fps filter keeps one back)
+    steps = [f"scale={width}:{height}:flags={flags}", f"fps=fps={fps:.6f}", "setsar=1"]
     if x > 0 or y > 0:
         steps.append(f"pad={target.width}:{target.height}:{x}:{y}:black")
     elif x < 0 or y < 0:
@@ -359,10 +425,20 @@ def render(path: str, container: Container, frames_path: str, target: Target, me
 
 def _decode(ffmpeg, ffprobe, path, container, frames_path, target, media_cfg, progress,
             deadline) -> Rendered:
-    info = probe(ffprobe, path, container, deadline)
+    with budget.reservation(PROBE_COST, "inspecting the video", deadline):
+        info = probe(ffprobe, path, container, deadline)
     if info.width * info.height > media_cfg.max_pixels:
         raise MediaError(422, "invalid_media", f"video is {info.width}x{info.height}, more "
                          f"pixels than media.max_pixels = {media_cfg.max_pixels}")
+    cost = decode_cost(info)
+    what = f"the video is {info.width}x{info.height} {info.pix_fmt or info.codec}"
+    with budget.reservation(cost, what, deadline):
+        return _run_ffmpeg(ffmpeg, path, container, frames_path, target, media_cfg, progress,
+                           deadline, info, cost)
+
+
+def _run_ffmpeg(ffmpeg, path, container, frames_path, target, media_cfg, progress, deadline,
+                info: Probe, cost: int) -> Rendered:
     frame_size = target.width * target.height * PIXEL_FORMATS[target.pixel_format][1]
     rgb_size = target.width * target.height * 3  # what ffmpeg sends
     direct = target.pixel_format == "RGB24" and target.rotation == 0
@@ -370,13 +446,17 @@ def _decode(ffmpeg, ffprobe, path, container, frames_path, target, media_cfg, pr
     expected = min(budget, max(1, math.ceil(min(info.duration or seconds, seconds) * fps)))
     argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error",
             "-protocol_whitelist", "file", "-format_whitelist", FORMAT_WHITELIST,
-            "-threads", DECODE_THREADS, "-f", container.demuxer, "-i", f"file:{path}",
+            "-threads", str(decoder_threads(info)), "-f", container.demuxer,
+            "-i", f"file:{path}",
             "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", filter_graph(info, target, fps),
             "-t", f"{seconds:.3f}", "-frames:v", str(budget),
             "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    child = Child(argv, deadline)
+    # the frame file first: if it cannot be created no child is started (a child started
+    # before it would be left behind, sleeping on a full pipe)
     writer = FrameWriter(frames_path, target.width, target.height, target.pixel_format)
+    child = None
     try:
+        child = Child(argv, deadline, data_limit=cost + DATA_SLACK)
         frame = memoryview(bytearray(rgb_size))  # the one frame in memory
         while writer.count < budget:
             if child.readinto(frame) < rgb_size:
@@ -398,6 +478,7 @@ def _decode(ffmpeg, ffprobe, path, container, frames_path, target, media_cfg, pr
         header = writer.finish()
     finally:
         writer.close()
-        child.close()
+        if child is not None:
+            child.close()
     return Rendered("video", container.ext, info.width, info.height, header.count,
                     sum(writer.durations), notes, container.ext)

@@ -77,6 +77,14 @@ class Breaker:
             return True
         return False
 
+    def would_allow(self) -> bool:
+        """True when allow() would say yes now (closed, or open with its back-off over);
+        unlike allow() it changes nothing, so a caller can decide what the trial is."""
+        if self._state == CLOSED:
+            return True
+        return self._state == OPEN and self._retry_at is not None \
+            and self._clock() >= self._retry_at
+
     def record_success(self, elapsed: float) -> None:
         """Record a call that returned after `elapsed` seconds; a slow one counts as a failure."""
         if elapsed > self.slow_call_sec:

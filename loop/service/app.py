@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 
+import psutil
+
 from loop import __version__, config, schedule
 from loop.display import guard
 from loop.display.factory import open_driver
@@ -25,10 +27,17 @@ from loop.library.intake import Intake
 from loop.library.jobs import Jobs
 from loop.library.maintenance import Maintenance
 from loop.library.store import Store, lock_data_dir
+from loop.library.texts import TextItems
+from loop.media import budget, clock, generated
+from loop.media.clock import ClockFace
 from loop.media.errors import MediaError
+from loop.media.fonts import fonts_in
 from loop.media.geometry import Target
 from loop.playback.breaker import Breaker
+from loop.playback.notifications import NotificationQueue
 from loop.playback.player import Player
+from loop.service.notices import Notices
+from loop.service.signals import SignalPipe
 from loop.system import addresses
 from loop.system.monitor import Monitor
 from loop.system.privileges import drop_privileges, service_user, set_service_groups
@@ -50,9 +59,10 @@ class App:
     """The service: every component, wired together."""
 
     def __init__(self, cfg: config.Config, *, args=None, environ=None, module=None,
-                 driver=None, root: str = "/"):
+                 driver=None, root: str = "/", wall=time.time):
         """`module` replaces the rgbmatrix module and `driver` the whole display driver (an
-        opened object with the driver interface): both are test seams."""
+        opened object with the driver interface), `wall` the wall clock of the schedule and
+        the clocks: all are test seams."""
         self.cfg = cfg
         self.root = root  # where the display pre-flight and drivers find /dev, /sys (tests)
         self.args = args
@@ -61,9 +71,8 @@ class App:
         self.started = time.monotonic()
         self.exit_code = EXIT_OK
         self._stop = threading.Event()
-        self._reload = threading.Event()
         self._stopped = False
-        self._wake = threading.Event()  # set by every signal; the main thread then looks
+        self._signals: SignalPipe | None = None  # the main thread's wait, while run() runs
         self._module = module  # an injected rgbmatrix module (tests)
         self._driver = driver  # an injected, already opened driver (tests)
         self.server: server.LoopServer | None = None
@@ -71,18 +80,29 @@ class App:
             "brightness": cfg.display.brightness, "fit": cfg.display.fit, "mode": "all",
             "current": None})
         self._zone_cache: tuple[str, object] | None = None
+        self.wall = wall
         self.scheduler = schedule.Scheduler(
             self.store, self.zone, default_rules=cfg.schedule.rules,
             apply=self._apply_brightness,
-            current=lambda: self.player.brightness if self.player is not None else None)
+            current=lambda: self.player.brightness if self.player is not None else None,
+            apply_show=self._apply_show,
+            current_show=lambda: self.player.show_mode if self.player is not None else None,
+            clock=wall)
         self.jobs = Jobs(cfg.processing.job_cleanup_hours * 3600)
         self._restoring = threading.Lock()  # one restore at a time
         self._data_lock: int | None = None  # fd holding DATA/loop.lock while running
-        self.job_slots = threading.BoundedSemaphore(cfg.processing.max_concurrent_jobs)
+        # job slots and the decode memory pool in one (loop/media/budget.py); the pool's size
+        # is known once the service has started and its own memory can be measured
+        self.job_slots = budget.DecodeSlots(cfg.processing.max_concurrent_jobs, 1 << 62)
+        self._baseline_rss = 0
         self.intake = Intake(self.store, self.jobs, cfg, self.target, self.job_slots)
         self.maintenance = Maintenance(self.store, self.jobs, self.job_slots, self.target,
                                        lambda: self.cfg, self._library_changed)
         self.intake.after_commit = self.maintenance.schedule
+        self.texts = TextItems(self.store, self.intake)
+        # transient: in memory only, so a restart drops every notification
+        self.notifications = NotificationQueue(cfg.notify.max_queued)
+        self.notices = Notices(self, wall=wall)
         self.api = Api(self)
         self.breaker = Breaker(cfg.display.breaker_max_failures,
                                cfg.display.slow_call_ms / 1000, cfg.display.breaker_reset_sec,
@@ -121,8 +141,14 @@ class App:
         # the schedule is evaluated before anything shows: a boot at 03:00 starts dimmed
         boot = self.scheduler.evaluate("start-up")
         self.player = Player(self.store, self.driver, self.breaker, self.cfg,
-                             hint_lines=self.url_lines(), brightness=boot.brightness)
+                             hint_lines=self.url_lines(), brightness=boot.brightness,
+                             notifications=self.notifications, wall=self.wall, zone=self.zone)
+        self.player.show_mode = boot.wanted.show
+        self.player.night_clock = self.night_clock()
         self.monitor = Monitor(self, self.notifier)
+        self._baseline_rss = psutil.Process().memory_info().rss
+        self.job_slots.set_capacity(*budget.capacity_for(self.cfg.system.memory_limit_mb,
+                                                         self._baseline_rss))
         if self.cfg.display.boot_screen_sec > 0:  # queued first: the first thing shown
             self.player.screen(["LOOP"] + self.url_lines(), self.cfg.display.boot_screen_sec)
         self.player.start()
@@ -163,6 +189,7 @@ class App:
                 log.warning("%d request(s) still running at the shutdown deadline",
                             self.server.in_flight)
         self.maintenance.stop(max(0.5, deadline - time.monotonic()))
+        self.notifications.clear()  # transient: they do not outlive the process
         if self.player is not None:
             self.player.stop(max(0.5, deadline - time.monotonic()))
         if self.driver is not None:
@@ -171,7 +198,7 @@ class App:
             except Exception as exc:  # the panel may already be gone; shutting down anyway
                 log.warning("display close failed: %s", exc)
         self.panel_lock.release()
-        self.store.flush()
+        self.store.flush(force=True)  # whatever the back-off of a failing card says
         self.notifier.close()
         if self._data_lock is not None:
             os.close(self._data_lock)
@@ -183,26 +210,30 @@ class App:
         # demand: walking threads that still run can crash CPython (seen on 3.11 and 3.13), and
         # a diagnostic must not kill a healthy service.
         faulthandler.enable(all_threads=True)
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop(self.exit_code))
-        signal.signal(signal.SIGINT, lambda *_: self.request_stop(self.exit_code))
-        signal.signal(signal.SIGHUP, lambda *_: (self._reload.set(), self._wake.set()))
-        self.start()
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stop.is_set():  # a stop wins over a reload that came with it
-                break
-            if self._reload.is_set():
-                self._reload.clear()
-                self.reload()
-        log.info("stopping")
-        self.stop()
+        # The handlers do nothing; the signals arrive through a pipe (loop/service/signals.py)
+        self._signals = SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+        try:
+            self.start()
+            while True:
+                arrived = self._signals.wait()
+                if signal.SIGTERM in arrived or signal.SIGINT in arrived:
+                    self._stop.set()
+                if self._stop.is_set():  # a stop wins over a reload that came with it
+                    break
+                if signal.SIGHUP in arrived:  # several queued reloads are one
+                    self.reload()
+            log.info("stopping")
+            self.stop()
+        finally:
+            self._signals.restore()
         return self.exit_code
 
     def request_stop(self, exit_code: int = EXIT_OK) -> None:
+        """Stop with `exit_code` (any thread): run() wakes and shuts down."""
         self.exit_code = exit_code
         self._stop.set()
-        self._wake.set()
+        if self._signals is not None:
+            self._signals.poke()
 
     def reload(self) -> None:
         """SIGHUP: re-read config.json, apply what can change live, keep the rest.
@@ -233,7 +264,14 @@ class App:
         self.intake.cfg = self.cfg
         if self.player is not None:
             self.player.cfg = self.cfg
+            if (old_flat["schedule.clock_format"], old_flat["schedule.clock_color"]) != \
+                    (new_flat["schedule.clock_format"], new_flat["schedule.clock_color"]):
+                self.player.command("night_clock", face=self.night_clock(), wait=False)
+        self.notifications.capacity = self.cfg.notify.max_queued
         self.jobs.keep_sec = self.cfg.processing.job_cleanup_hours * 3600
+        if self._baseline_rss:
+            self.job_slots.set_capacity(*budget.capacity_for(self.cfg.system.memory_limit_mb,
+                                                             self._baseline_rss))
         self._zone_cache = None  # the zone name, or the system's zone, may have changed
         self.scheduler.default_rules = self.cfg.schedule.rules
         self.scheduler.load()
@@ -358,6 +396,37 @@ class App:
         if self.player is not None:
             self.player.command("brightness", value=value, remember=False, wait=False)
 
+    def _apply_show(self, show: str) -> None:
+        """The schedule rule's `show` (loop, clock, off), like its brightness."""
+        if self.player is not None:
+            self.player.command("show", show=show, wait=False)
+
+    # ---- notifications (HTTP and MQTT alike) -------------------------------------------
+    def notify(self, fields: dict, receive=None) -> tuple[dict, bool]:
+        """Show something now: `fields` as in POST /api/notify (a text, or `item`), or an
+        image read by `receive()` (returns the received files). Raises MediaError (400 naming
+        the field, 404, 409, 429, 503, 507). Returns (the notification, replaced?)."""
+        return self.notices.notify(fields, receive)
+
+    def retract(self, note_id: str) -> bool:
+        """Take a notification away by its id; False when there is none."""
+        return self.notices.retract(note_id)
+
+    def night_clock(self) -> ClockFace | None:
+        """The clock rules with `show: clock` show, drawn from schedule.clock_* into a
+        transient frame file (None, and a log line, if it cannot be drawn)."""
+        spec = clock.parse_clock({"format": self.cfg.schedule.clock_format,
+                                  "color": self.cfg.schedule.clock_color})
+        try:
+            frames, rendered = self.notices.transient_frames(lambda path: generated.render_spec(
+                spec, path, self.target(), self.cfg.media, sync=False))
+            face = ClockFace(frames, rendered.extra["layout"])
+            frames.close()  # the face keeps copies: no descriptor stays open under tmp/
+            return face
+        except (MediaError, OSError, ValueError) as exc:
+            log.error("the night clock cannot be drawn (%s); show: clock shows nothing", exc)
+            return None
+
     def set_fit(self, fit: str) -> None:
         """A new fit mode: items rendered for another one wait for the maintenance thread."""
         self.store.update_settings(durable=True, fit=fit)
@@ -389,13 +458,17 @@ class App:
         breaker = self.breaker.state
         display_status = self.display_status()
         jobs_active = self.jobs.active
+        queue = self.notifications
         version = f"{player.version}.{view.version}.{self.jobs.version}.{breaker}." \
-                  f"{display_status}.{self.scheduler.version}.{self.store.settings_gen}"
+                  f"{display_status}.{self.scheduler.version}.{self.store.settings_gen}." \
+                  f"{queue.version}"
         data = {"player": player.as_dict(self.player.frame_index),
                 "display": {"driver": self.driver.name, "status": display_status,
                             "breaker": breaker, "fit": self.store.settings.get("fit")},
                 "library": {"items": len(view.items), "bytes": view.bytes},
                 "schedule": self.scheduler.status(),
+                "notifications": {"showing": player.notification,
+                                  "queue": queue.listing(time.monotonic())},
                 "jobs_active": jobs_active, "version": version}
         return data, version
 
@@ -416,8 +489,16 @@ class App:
                              "reason": self.store.write_error,
                              "recovery": self.store.recovery, "index_writes":
                              self.store.index_writes,
+                             "write_failures": self.store.write_failures,
                              "pending_render": len(self.store.view.pending)}
         checks["http"] = dict({"status": "ok", "reason": None}, **self.server.counters.as_dict())
+        fonts = fonts_in(self.cfg.media.font_dir)
+        queue = self.notifications
+        checks["text"] = {"status": "degraded" if fonts.fallback_reason else "ok",
+                          "reason": fonts.fallback_reason, "font_dir": fonts.directory,
+                          "fonts": len(fonts.available), "notifications": len(queue),
+                          "notifications_refused": queue.refused,
+                          "notifications_expired": queue.expired}
         statuses = [c["status"] for c in checks.values()]
         status = "failing" if "failing" in statuses else (
             "degraded" if "degraded" in statuses else "ok")

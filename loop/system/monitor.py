@@ -13,7 +13,13 @@ that is shorter:
   kept as `latest` plus a short ring `history`.
 - thresholds: over the memory lines new uploads are shed (`shedding`, read by the API without
   a system call) and the garbage collector runs; everything else shows up in `checks()`.
-- housekeeping: debounced settings flush, job expiry, idle rate-limit buckets, tmp/ orphans.
+- housekeeping: job expiry and idle rate-limit buckets here; the debounced settings flush and
+  the tmp/ sweep on a short-lived `housekeeping` thread (see `_start_disk_chores`).
+
+The round never blocks on a lock that is held across I/O (the store's, held by commits across
+fsyncs; the scheduler's, held by a rule change across its index write): disk work is handed to
+the housekeeping thread, and the schedule's evaluation only tries its lock and, when it is
+busy, waits for the next round. So a slow SD card delays a flush, never a watchdog ping.
 
 Tests inject samples through `source` (a callable returning a `Sample`) and a fake sysfs tree
 through `sys_root`.
@@ -180,6 +186,7 @@ class Monitor(threading.Thread):
         self._last_ping = -math.inf
         self._last_gc = -math.inf
         self._last_sweep = start
+        self._chores: threading.Thread | None = None  # the running housekeeping thread
         self._sample_due = start + app.cfg.system.monitor_interval_sec
         self._throttled_cache: tuple[float, int | None] = (-math.inf, None)
         self.observe(self.measure())
@@ -189,6 +196,9 @@ class Monitor(threading.Thread):
         self._halt.set()
         if self.is_alive():
             self.join(timeout)
+        chores = self._chores
+        if chores is not None:
+            chores.join(timeout)
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -271,7 +281,9 @@ class Monitor(threading.Thread):
 
     # ---- the night/dim schedule ----------------------------------------------------------
     def _schedule(self, now: float) -> None:
-        """Level-triggered: each minute boundary, after a clock jump or a rule change."""
+        """Level-triggered: each minute boundary, after a clock jump or a rule change. The
+        tick only tries the scheduler's lock: a rule change writing the index under it makes
+        this round skip, and the schedule stays due for the next one."""
         scheduler = getattr(self.app, "scheduler", None)
         if scheduler is not None:
             scheduler.tick()
@@ -342,17 +354,45 @@ class Monitor(threading.Thread):
 
     # ---- housekeeping ------------------------------------------------------------------
     def _housekeeping(self, now: float) -> None:
-        if now - self._last_flush >= self.app.cfg.system.settings_flush_sec:
-            self._last_flush = now
-            self.app.store.flush()
         self.app.jobs.expire()
         limiter = getattr(self.app.server, "limiter", None)
         if limiter is not None and hasattr(limiter, "evict_idle"):
             limiter.evict_idle()
+        self._start_disk_chores(now)
+
+    def _start_disk_chores(self, now: float) -> None:
+        """Start the `housekeeping` thread when the settings flush or the tmp/ sweep is due.
+
+        Both touch the SD card and the flush waits for the store lock, which a commit or a
+        restore holds across fsyncs: on this thread they would delay the watchdog ping by as
+        long. One housekeeping thread at a time; while one is still busy (a slow card), the
+        next waits, and the pings go on."""
+        if self._chores is not None and self._chores.is_alive():
+            return
+        flush = now - self._last_flush >= self.app.cfg.system.settings_flush_sec
+        if flush:
+            self._last_flush = now
+            flush = self.app.store.unsaved
         max_age = self.tmp_max_age()
-        if now - self._last_sweep >= min(TMP_SWEEP_MAX_GAP_SEC, max_age / 2):
+        sweep = now - self._last_sweep >= min(TMP_SWEEP_MAX_GAP_SEC, max_age / 2)
+        if sweep:
             self._last_sweep = now
-            self.tmp_removed += self.sweep_tmp(max_age)
+        if flush or sweep:
+            self._chores = threading.Thread(target=self._disk_chores, name="housekeeping",
+                                            args=(flush, max_age if sweep else None),
+                                            daemon=True)
+            self._chores.start()
+
+    def _disk_chores(self, flush: bool, sweep_age: float | None) -> None:
+        """The housekeeping thread: it may wait for the store lock and the card as long as
+        they take."""
+        try:
+            if flush:
+                self.app.store.flush()
+            if sweep_age is not None:
+                self.tmp_removed += self.sweep_tmp(sweep_age)
+        except Exception:  # a bug here must not go unnoticed; the next round tries again
+            log.exception("housekeeping failed")
 
     def tmp_max_age(self) -> float:
         """The longest an upload may legitimately keep something in tmp/."""
