@@ -31,9 +31,11 @@ for tool in cc c++ "$python"; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (apt-get install build-essential python3-dev python3-venv)"
 done
 
-# Fingerprint: every file's path and content, so an edited source rebuilds.
-fingerprint=$(cd "$src" && find . -type f ! -name '*.cpp' -print0 | LC_ALL=C sort -z \
-    | xargs -0 sha256sum | sha256sum | cut -c1-16)
+# Fingerprint: every file's path and content, and this script's and deploy/rgbmatrix.sh's,
+# so an edited source or a changed build rebuilds.
+fingerprint=$({ cd "$src" && find . -type f ! -name '*.cpp' -print0 | LC_ALL=C sort -z \
+    | xargs -0 sha256sum; cat "$here/build-rgbmatrix.sh" "$here/../../deploy/rgbmatrix.sh"; } \
+    | sha256sum | cut -c1-16)
 mkdir -p "$venv"
 venv=$(cd "$venv" && pwd)
 stamp="$venv/.rgbmatrix-built"
