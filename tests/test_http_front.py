@@ -126,6 +126,9 @@ def test_overall_connection_cap(make_app):
     port = app.server.port
     held = [_open_busy(port, "127.0.0.2"), _open_busy(port, "127.0.0.3")]
     wait_for(lambda: counters(app)["connections_open"] == 2)
+    # until their threads have read those first bytes the two count as idle (and would make
+    # room for a newcomer): wait until the server has seen them sending
+    wait_for(lambda: not app.server._idle)
     assert _refused_at_connect(port, "127.0.0.4")
     for sock in held:
         sock.close()
