@@ -75,9 +75,15 @@ def panel_pixels(loop, rgb, tol=40) -> int:
 
 
 def device_hhmm(iso: str) -> str:
-    """An API time (ISO 8601, UTC) as LOOP's 24-hour clock shows it."""
-    when = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    return when.astimezone(ZoneInfo(ZONE)).strftime("%H:%M")
+    """An API time (ISO 8601, UTC) as the dashboard shows it: LOOP's 24-hour clock, with the
+    weekday first when it is not today in LOOP's zone (within a week)."""
+    zone = ZoneInfo(ZONE)
+    when = dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(zone)
+    today = dt.datetime.now(zone).date()
+    if when.date() == today:
+        return when.strftime("%H:%M")
+    assert abs((when.date() - today).days) < 7, iso
+    return when.strftime("%a %H:%M")
 
 
 def show_still(loop, colour) -> str:
@@ -142,7 +148,8 @@ def test_send_a_message_see_it_queued_and_on_the_panel_then_dismiss_it(browser, 
         assert entry.locator('[data-testid="notify-what"]').inner_text() == "\u201cRing\u201d"
         when = entry.locator('[data-testid="notify-when"]').inner_text()
         assert when.startswith("On the panel now · for 60 s · sent "), when
-        assert re.search(r"sent (\d\d:\d\d)$", when).group(1) == device_hhmm(note["posted_at"])
+        assert re.search(r"sent ((\w{3} )?\d\d:\d\d)$", when).group(1) == \
+            device_hhmm(note["posted_at"])
         assert page.locator("#notify-count").inner_text() == f"· 1 of {QUEUE}"
         # the player card says a message covers the loop (the loop's item stays named)
         notice = page.locator('[data-testid="now-notice"]')
@@ -190,9 +197,12 @@ def test_queue_lists_waiting_ones_in_order_with_their_expiry(ui, server):
     urgent = server.call("POST", "/api/notify", json_body={
         "text": "urgent: the build on main is broken", "priority": "critical", "repeat": 2,
         "speed_px_s": 6}).data
+    # one that may wait for days: its expiry is on another day, which the list says
+    days = server.call("POST", "/api/notify", json_body={
+        "text": "sale", "priority": "low", "expires_sec": 3 * 86400, "id": "sale"}).data
     page = ui.open(server)
     page.wait_for_function(
-        "() => document.querySelectorAll('[data-testid=notify-entry]').length === 3")
+        "() => document.querySelectorAll('[data-testid=notify-entry]').length === 4")
     # the one on the panel first (critical interrupts), then in the order they will show
     eventually(lambda: server.status()["notifications"]["showing"] == urgent["id"],
                message="critical did not interrupt")
@@ -200,7 +210,8 @@ def test_queue_lists_waiting_ones_in_order_with_their_expiry(ui, server):
                            '[data-state="showing"]')
     order = page.eval_on_selector_all('[data-testid="notify-entry"]',
                                       "els => els.map(e => [e.dataset.id, e.dataset.state])")
-    assert order == [[urgent["id"], "showing"], [first["id"], "queued"], ["ci", "queued"]], order
+    assert order == [[urgent["id"], "showing"], [first["id"], "queued"], ["ci", "queued"],
+                     ["sale", "queued"]], order
     ci = page.locator('[data-testid="notify-entry"][data-id="ci"] [data-testid="notify-when"]')
     expected = (f"Waiting · for 20 s · sent {device_hhmm(later['posted_at'])} · "
                 f"until {device_hhmm(later['expires_at'])}")
@@ -208,7 +219,12 @@ def test_queue_lists_waiting_ones_in_order_with_their_expiry(ui, server):
     urgent_when = page.locator(f'[data-testid="notify-entry"][data-id="{urgent["id"]}"] '
                                '[data-testid="notify-when"]').inner_text()
     assert urgent_when.startswith("On the panel now · 2 times through · sent "), urgent_when
-    assert page.locator("#notify-count").inner_text() == f"· 3 of {QUEUE}"
+    sale = page.locator('[data-testid="notify-entry"][data-id="sale"] '
+                        '[data-testid="notify-when"]').inner_text()
+    assert re.fullmatch(r"Waiting · for 10 s · sent (\w{3} )?\d\d:\d\d · until \w{3} \d\d:\d\d",
+                        sale), sale
+    assert sale.endswith("until " + device_hhmm(days["expires_at"])), sale
+    assert page.locator("#notify-count").inner_text() == f"· 4 of {QUEUE}"
     # a message that ends by itself leaves the list without a click
     server.call("DELETE", f"/api/notify/{first['id']}")
     page.wait_for_selector(f'[data-testid="notify-entry"][data-id="{first["id"]}"]',

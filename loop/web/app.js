@@ -225,6 +225,24 @@
     return String(date.getHours()).padStart(2, "0") + ":" + String(date.getMinutes()).padStart(2, "0");
   }
 
+  // "14:03" today, else "Tue 14:03" (within a week either way) or "2024-06-11 14:03", by the
+  // calendar of LOOP's time zone: a message may wait or expire days from now.
+  function clockDay(date) {
+    const zone = status && status.schedule && status.schedule.timezone;
+    let day = (d) => d.getFullYear() + "-" + String(d.getMonth() + 1).padStart(2, "0") + "-" +
+      String(d.getDate()).padStart(2, "0");
+    try {
+      const fmt = new Intl.DateTimeFormat("en-CA", { year: "numeric", month: "2-digit",
+        day: "2-digit", timeZone: zone || undefined });
+      day = (d) => fmt.format(d);           // en-CA writes YYYY-MM-DD
+    } catch (e) { /* an unknown zone name: the browser's own calendar */ }
+    const then = day(date);
+    if (then === day(new Date())) return clock(date);
+    const apart = Math.abs(Date.parse(then) - Date.parse(day(new Date()))) / 86400000;
+    const weekday = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"][new Date(then + "T12:00:00Z").getUTCDay()];
+    return (apart < 7 ? weekday : then) + " " + clock(date);
+  }
+
   // A tiny event bus: the operator panels subscribe instead of patching the pollers.
   const listeners = {};
   function on(name, fn) { (listeners[name] = listeners[name] || []).push(fn); }
@@ -2332,7 +2350,7 @@
   // and ask for it after a 401 from xhrSend.
   window.LOOP = Object.freeze({
     api, xhrSend, on, notify, beginAction, explain, loadLibrary, h, fieldProblem, markInvalid,
-    clock, noteLabel, ApiError,
+    clock, clockDay, noteLabel, ApiError,
     online: () => conn.state !== "offline",
     refresh: () => pollers.status.poke(),
     token: () => auth.token(),

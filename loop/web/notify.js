@@ -16,8 +16,9 @@
  *                         [data-priority], the one on the panel first, then in the order they
  *                         will show; inside: [data-testid=notify-what] (its text, or the item
  *                         or picture), [data-testid=notify-when] (state · how long · "sent
- *                         HH:MM" · "until HH:MM": 24-hour, LOOP's time zone, from the absolute
- *                         posted_at / expires_at, which stay true behind a 304),
+ *                         HH:MM" · "until HH:MM"; "Tue 14:03" on another day: 24-hour, LOOP's
+ *                         time zone, from the absolute posted_at / expires_at, which stay
+ *                         true behind a 304, unlike ages),
  *                         [data-testid=notify-dismiss] (DELETE /api/notify/{id}; disabled
  *                         while LOOP is offline)
  *   #notify-count         how many, and of how many the queue holds ("2 of 16")
@@ -66,10 +67,10 @@
     return (Number.isInteger(min) ? min : min.toFixed(1)) + " min";
   }
 
-  // "14:03" in LOOP's zone, from an ISO time; "" when there is none
+  // "14:03" (or "Tue 14:03" on another day) in LOOP's zone, from an ISO time; "" for none
   function at(iso) {
     const when = iso ? new Date(iso) : null;
-    return when && isFinite(when.getTime()) ? LOOP.clock(when) : "";
+    return when && isFinite(when.getTime()) ? LOOP.clockDay(when) : "";
   }
 
   function howLong(note) {
