@@ -1,5 +1,6 @@
 """Group 1, memory: RSS of the service (and with its children, i.e. ffmpeg) idle with an empty
-library, idle with 200 items, and the peak while ingesting.
+library, idle with MQTT on (connected to a local Mosquitto), idle with 200 items, and the peak
+while ingesting.
 
 Idle numbers are the median of several readings over a few seconds, in several fresh
 processes. Peaks use the kernel's exact high-water mark (VmHWM, reset through clear_refs
@@ -29,7 +30,9 @@ from bench.common import (
     upload,
     upload_bytes,
     vm_hwm_mb,
+    wait_until,
 )
+from bench.mosquitto import Mosquitto
 
 IDLE_GOAL_MB = 25
 PEAK_GOAL_MB = 60
@@ -67,13 +70,17 @@ def copy_library(ctx, name: str) -> str:
     return target
 
 
-def _idle(ctx, name: str, make_data, runs: int, settle: float) -> dict:
+def _idle(ctx, name: str, make_data, runs: int, settle: float, sections=None,
+          ready=None) -> dict:
     own, total, unique = [], [], []
     for run in range(runs):
         data = make_data(run)
-        service = Service(ctx.work, f"mem-{name}-{run}", service_config(data)).start()
+        service = Service(ctx.work, f"mem-{name}-{run}",
+                          service_config(data, **(sections or {}))).start()
         try:
             time.sleep(1.0)  # past start-up work (first monitor sample, library load)
+            if ready is not None:
+                ready(service)
             o, t, u = settle_rss(service.pid, settle)
             own.append(o)
             total.append(t)
@@ -129,12 +136,41 @@ def _peak(ctx, name: str, files: list[str]) -> dict:
     return record
 
 
+def _idle_mqtt(ctx, runs: int, settle: float, mqtt_off: dict) -> None:
+    """Idle with MQTT enabled and connected (discovery and state published): the same goal as
+    without, which loads neither loop/mqtt/ nor paho-mqtt."""
+    try:
+        broker = Mosquitto(os.path.join(ctx.work, "mosquitto"), {"loop": "bench-secret"}).start()
+    except (OSError, RuntimeError) as exc:
+        ctx.emit(result("memory", "idle_empty_mqtt", skipped=f"no Mosquitto broker: {exc}"))
+        return
+    mqtt = {"enabled": True, "host": "127.0.0.1", "port": broker.port, "username": "loop",
+            "password": "bench-secret", "base_topic": "loop/bench"}
+
+    def connected(service):
+        if not wait_until(lambda: service.health()["checks"].get("mqtt", {}).get("connected"),
+                          15):
+            raise RuntimeError("the service did not connect to the local Mosquitto")
+        time.sleep(0.5)  # discovery and state are out
+    try:
+        record = _idle(ctx, "mqtt", lambda run: fresh_dir(
+            os.path.join(ctx.work, f"mem-mqtt-{run}")), runs, settle, {"mqtt": mqtt},
+            connected)
+    finally:
+        broker.stop()
+    record["mqtt_off_rss_mb"] = mqtt_off["rss_mb"]
+    record["over_mqtt_off_mb"] = record["rss_mb"] - mqtt_off["rss_mb"]
+    ctx.emit(result("memory", "idle_empty_mqtt", **record,
+                    input="empty library, MQTT on, connected to a local Mosquitto"))
+
+
 def run(ctx) -> None:
     runs = 2 if ctx.quick else 3
     settle = 1.5 if ctx.quick else 3.0
     empty = _idle(ctx, "empty", lambda run: fresh_dir(os.path.join(ctx.work, f"mem-empty-{run}")),
                   runs, settle)
     ctx.emit(result("memory", "idle_empty", **empty))
+    _idle_mqtt(ctx, runs, settle, empty)
 
     library_dir(ctx)
     full = _idle(ctx, "lib200", lambda run: copy_library(ctx, f"mem-lib200-{run}"), runs, settle)

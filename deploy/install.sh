@@ -10,11 +10,11 @@
 # What it does (one function per step, see main() at the bottom):
 #   apt packages -> system user -> app copy in $PREFIX/app (the previous one kept in
 #   $PREFIX/app.prev) -> venv with --system-site-packages (Debian's Pillow and psutil)
-#   + multipart from pip -> rgbmatrix binding from a pinned commit -> /etc/loop/config.json
-#   (installed once; a changed default lands as config.json.new) -> data dir through
-#   tmpfiles.d -> Pi setup (sound off, kernel knobs) -> loop.service (plus a
-#   loop.service.d drop-in for the framebuffer driver) -> daemon-reload,
-#   enable, restart -> GET /api/poll/health.
+#   + multipart and paho-mqtt 2.x from pip -> rgbmatrix binding from a pinned commit ->
+#   /etc/loop/config.json (installed once; a changed default lands as config.json.new) ->
+#   data dir through tmpfiles.d -> Pi setup (sound off, kernel knobs) -> loop.service (plus
+#   a loop.service.d drop-in for the framebuffer driver) -> daemon-reload, enable, restart
+#   -> GET /api/poll/health.
 #
 # Settings (environment, or make variables: `make install PREFIX=/opt/loop2`):
 #   PREFIX=/opt/loop            app, venv and the rgbmatrix checkout
@@ -29,7 +29,7 @@
 #   RGBMATRIX_SRC=/path         build the binding from this local checkout (offline)
 #   RGBMATRIX_COMMIT=<sha>      override the pinned commit (RGBMATRIX_REPO: the clone URL)
 #   LOOP_SKIP_APT=1             do not run apt-get (packages installed by other means)
-#   LOOP_SKIP_PIP=1             do not pip-install multipart (provide it yourself); pip
+#   LOOP_SKIP_PIP=1             do not pip-install multipart and paho-mqtt (provide them); pip
 #                               also honours PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX
 #   LOOP_EDIT_BOOT=0            never edit config.txt; only print what to change
 #   LOOP_PYTHON=/usr/bin/python3   interpreter the venv is made from (Debian's)
@@ -365,11 +365,16 @@ setup_venv() {
         info "pip install skipped"
         return
     fi
-    # Only multipart comes from PyPI; Pillow and psutil stay Debian's (a PyPI Pillow in
-    # the venv would shadow the one the LED binding reads).
+    # Only multipart and paho-mqtt come from PyPI; Pillow and psutil stay Debian's (a PyPI
+    # Pillow in the venv would shadow the one the LED binding reads). paho-mqtt must be 2.x:
+    # Debian's python3-paho-mqtt (1.6 on Bookworm), if installed, is shadowed by it.
     spec=$(sed -n 's/[[:space:]]*#.*//; /^multipart\([^A-Za-z0-9_.-]\|$\)/Ip' "$SRC/requirements.txt" 2>/dev/null | head -n 1)
     [ -n "$spec" ] || spec="multipart>=1.3.1"
-    "$R$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q "$spec"
+    mqtt_spec=$(sed -n 's/[[:space:]]*#.*//; /^paho-mqtt\([^A-Za-z0-9_.-]\|$\)/Ip' "$SRC/requirements.txt" 2>/dev/null | head -n 1)
+    [ -n "$mqtt_spec" ] || mqtt_spec="paho-mqtt>=2.1,<3"
+    "$R$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q "$spec" "$mqtt_spec"
+    "$R$VENV/bin/python" -c 'import paho.mqtt.client as c; c.CallbackAPIVersion' ||
+        warn "paho-mqtt 2.x does not import: LOOP runs, but not its MQTT front"
     "$R$VENV/bin/python" -c 'import PIL, psutil, multipart' ||
         die "the venv cannot import Pillow, psutil and multipart (apt: python3-pil python3-psutil)"
     info "$("$R$VENV/bin/python" -c 'import PIL, psutil, multipart; print("Pillow", PIL.__version__, "from", PIL.__path__[0], "| psutil", psutil.__version__, "| multipart", getattr(multipart, "__version__", "?"))')"

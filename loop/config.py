@@ -78,6 +78,31 @@ def _even(value):
     return None if value % 2 == 0 else "must be even"
 
 
+def _absolute_or_empty(value):
+    return None if value == "" or value.startswith("/") else "must be empty or an absolute path"
+
+
+def _topic_prefix(value):
+    if value == "":
+        return None
+    if len(value) > 200 or value.startswith("/") or value.endswith("/") or "//" in value \
+            or any(c in value for c in "+#\0") or not value.isprintable():
+        return ("must be topic levels like loop/kitchen: no wildcards (+ #), no empty level, "
+                "no leading or trailing /, at most 200 characters")
+    return None
+
+
+def _discovery_prefix(value):
+    return _topic_prefix(value) if value else "must not be empty (Home Assistant's is " \
+        "homeassistant)"
+
+
+def _client_id(value):
+    if len(value) > 64 or not re.fullmatch(r"[A-Za-z0-9_.-]*", value):
+        return "must be at most 64 of A-Z a-z 0-9 _ . -"
+    return None
+
+
 def _rgb_hex(value):
     return None if re.fullmatch(r"#[0-9a-fA-F]{6}", value) else 'must be a colour like "#ff3000"'
 
@@ -123,6 +148,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "drop_privileges": Key(True, bool, "drop root to system.user once the panel is open"),
         "fit": Key("contain", str, "fit at first start: contain (letterbox), cover (crop) or "
                    "stretch; the runtime setting overrides it", choices=FITS),
+        "realtime_priority": Key(10, int, "SCHED_FIFO priority of the display thread, so "
+                                 "frames leave on time while the API is busy (0 = off; needs "
+                                 "root or the unit's LimitRTPRIO; the LED library's own "
+                                 "refresh thread runs at 99)", 0, 98),
         "breaker_max_failures": Key(5, int, "consecutive driver failures that open the "
                                     "circuit breaker", 1, 1000),
         "slow_call_ms": Key(500, int, "a driver call slower than this counts as a failure",
@@ -256,6 +285,39 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "log_level": Key("INFO", str, "logging level",
                          choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     },
+    # MQTT and Home Assistant discovery (loop/mqtt/); every key needs a restart to change.
+    "mqtt": {
+        "enabled": Key(False, bool, "connect to an MQTT broker and appear in Home Assistant; "
+                       "needs paho-mqtt 2.x (installed by make install)"),
+        "host": Key("", str, "broker host name or address (required when enabled)"),
+        "port": Key(1883, int, "broker port (8883 is usual with TLS)", 1, 65535),
+        "username": Key("", str, "user name at the broker; empty = anonymous"),
+        "password": Key("", str, "password at the broker (or use password_file)"),
+        "password_file": Key("", str, "file whose first line is the password, readable by "
+                             "the service user; empty = use password", check=_absolute_or_empty),
+        "tls": Key(False, bool, "connect with TLS, checking the broker's certificate"),
+        "ca_file": Key("", str, "CA certificate(s) the broker's certificate is checked "
+                       "against; empty = the system's CAs", check=_absolute_or_empty),
+        "client_id": Key("", str, "MQTT client id; empty = loop-<hostname>",
+                         check=_client_id),
+        "base_topic": Key("", str, "prefix of LOOP's own topics; empty = loop/<hostname>",
+                          check=_topic_prefix),
+        "discovery": Key(True, bool, "publish Home Assistant discovery messages"),
+        "discovery_prefix": Key("homeassistant", str, "Home Assistant's discovery prefix",
+                                check=_discovery_prefix),
+        "protocol": Key("5", str, "MQTT version: 5 (the broker then never sends LOOP a "
+                        "packet over 64 KiB) or 3.1.1 for old brokers", choices=("5", "3.1.1")),
+        "keepalive_sec": Key(30, int, "keep-alive; a silent broker is dropped after this",
+                             2, 3600),
+        "reconnect_min_sec": Key(1, int, "first wait before reconnecting; doubles on each "
+                                 "failure", 1, 3600),
+        "reconnect_max_sec": Key(60, int, "longest wait between reconnection attempts",
+                                 1, 86400),
+        "state_debounce_ms": Key(250, int, "a state topic is published at most this often "
+                                 "(the latest value wins)", 0, 60000),
+        "telemetry_interval_sec": Key(60, int, "memory and temperature are published at "
+                                      "most this often", 1, 86400),
+    },
 }
 
 
@@ -284,6 +346,7 @@ class Config:
     schedule: Any
     notify: Any
     system: Any
+    mqtt: Any
 
     def as_dict(self) -> dict:
         return {s.name: {f.name: getattr(getattr(self, s.name), f.name)
@@ -339,6 +402,14 @@ def build(raw: dict) -> Config:
         values = {k: _validate(section, k, spec, given.get(k, spec.default))
                   for k, spec in keys.items()}
         sections[section] = SECTION_CLASSES[section](**values)
+    mqtt = sections["mqtt"]
+    if mqtt.enabled and not mqtt.host:
+        raise ConfigError("mqtt.host: is required when mqtt.enabled is true")
+    if mqtt.password and mqtt.password_file:
+        raise ConfigError("mqtt.password_file: set either mqtt.password or "
+                          "mqtt.password_file, not both")
+    if mqtt.reconnect_min_sec > mqtt.reconnect_max_sec:
+        raise ConfigError("mqtt.reconnect_min_sec: must not be over mqtt.reconnect_max_sec")
     return Config(**sections)
 
 

@@ -27,6 +27,15 @@ def test_lan_addresses_leave_out_loopback_link_local_ipv6_and_interfaces_that_ar
     assert lan_addresses(INTERFACES, STATS) == ["192.168.1.20", "10.0.0.7"]
 
 
+def test_without_netlink_the_default_routes_address_is_shown(monkeypatch):
+    def refused():  # the systemd unit allows no AF_NETLINK, so getifaddrs() fails
+        raise PermissionError(97, "Address family not supported by protocol")
+
+    monkeypatch.setattr("loop.system.addresses.psutil.net_if_addrs", refused)
+    assert lan_addresses(fallback=lambda: "192.168.1.20") == ["192.168.1.20"]
+    assert lan_addresses(fallback=lambda: None) == []
+
+
 def test_a_server_bound_to_one_address_shows_that_address_only():
     assert reachable("127.0.0.1", 8080, INTERFACES, STATS) == ["127.0.0.1:8080"]
     assert reachable("::1", 8080, INTERFACES, STATS) == ["[::1]:8080"]
@@ -35,7 +44,8 @@ def test_a_server_bound_to_one_address_shows_that_address_only():
 def test_a_server_bound_to_all_interfaces_shows_every_lan_address_and_no_port_80():
     assert reachable("0.0.0.0", 80, INTERFACES, STATS) == ["192.168.1.20", "10.0.0.7"]
     assert reachable("::", 8080, INTERFACES, STATS) == ["192.168.1.20:8080", "10.0.0.7:8080"]
-    assert reachable("0.0.0.0", 8080, {"lo": [v4("127.0.0.1")]}, {}) == ["127.0.0.1:8080"]
+    assert reachable("0.0.0.0", 8080, {"lo": [v4("127.0.0.1")]}, {},
+                     fallback=lambda: None) == ["127.0.0.1:8080"]
 
 
 def test_make_run_shows_the_address_it_really_serves(app):

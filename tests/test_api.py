@@ -375,3 +375,21 @@ def test_full_disk_when_the_upload_starts_is_507(app, client, monkeypatch):
     monkeypatch.setattr(os, "mkdir", full)
     reply = client.post("/api/media?name=x.png", body=png_bytes())
     assert reply.status == 507 and reply.json["error"] == "insufficient_storage"
+
+
+def test_status_is_encoded_once_per_version_with_the_current_frame_spliced_in(app, client):
+    client.upload([("still.png", png_bytes((4, 5, 6)))])
+    wait_for(lambda: client.get("/api/poll/status").data["player"]["state"] == "playing")
+    app.player.frame_index = 12345  # a still: the display thread leaves it alone
+    first = client.get("/api/poll/status")
+    cached = app.api._status_body
+    app.player.frame_index = 54321
+    second = client.get("/api/poll/status")
+    assert app.api._status_body is cached  # same version: nothing rebuilt
+    assert first.data["player"]["frame"] == 12345 and second.data["player"]["frame"] == 54321
+    fresh, version = app.status_snapshot()
+    assert second.data == fresh and second.headers["ETag"] == f'W/"{version}"'
+    client.post("/api/playback/pause")
+    paused = client.get("/api/poll/status")
+    assert paused.data["player"]["state"] == "paused" and app.api._status_body is not cached
+    assert paused.headers["ETag"] != second.headers["ETag"]

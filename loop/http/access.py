@@ -3,6 +3,7 @@ token and the cross-site guard (README, "Access control")."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import re
@@ -18,6 +19,7 @@ _HOST_NAME = re.compile(r"[a-z0-9._%:-]+")
 SAFE_METHODS = ("GET", "HEAD")  # everything else changes something: token and Origin rules
 
 
+@functools.lru_cache(maxsize=64)  # every request has one; a LAN has few
 def split_host(value: str) -> tuple[str, int | None] | None:
     """`name[:port]` or `[v6][:port]` as (lower-case name, port); None when malformed."""
     value = value.strip()
@@ -37,6 +39,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
     return name, int(port) if port else None
 
 
+@functools.lru_cache(maxsize=64)
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)

@@ -206,4 +206,22 @@ def render_app(app) -> str:
               int(app.notifier.watchdog_interval() is not None))
     out.counter("loop_watchdog_pings_total", "WATCHDOG=1 notifications delivered to systemd",
                 app.notifier.watchdog_pings)
+
+    # MQTT (only when mqtt.enabled)
+    mqtt = getattr(app, "mqtt", None)
+    if mqtt is not None:
+        counts = mqtt.counters
+        out.gauge("loop_mqtt_connected", "1 while connected to the MQTT broker",
+                  int(mqtt.connected))
+        out.counter("loop_mqtt_connects_total", "connections the MQTT broker accepted",
+                    counts.connects)
+        for direction, count in (("sent", counts.sent), ("received", counts.received),
+                                 ("unsent", counts.publish_failed)):
+            out.counter("loop_mqtt_messages_total", "MQTT messages by direction (unsent: the "
+                        "connection went before a publish)", count, direction=direction)
+        for outcome, count in (("done", counts.commands_done),
+                               ("refused", counts.commands_refused),
+                               ("dropped", counts.commands_dropped)):
+            out.counter("loop_mqtt_commands_total", "MQTT commands by outcome (dropped: more "
+                        "arrived than LOOP applies)", count, outcome=outcome)
     return out.render()

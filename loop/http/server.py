@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import io
 import ipaddress
@@ -283,6 +284,7 @@ class Counters:
         return out
 
 
+@functools.lru_cache(maxsize=256)  # per request otherwise, and LAN addresses repeat
 def client_key(address: str) -> str:
     """What per-client limits count by: the IPv4 address, or the /64 of an IPv6 one (a single
     IPv6 host may use any address of its /64)."""
@@ -596,6 +598,18 @@ class LoopHandler(BaseHTTPRequestHandler):
         self.server.counters.add("continues")
 
     # ---- one request -------------------------------------------------------------------
+    _date = (0, "")  # (second, Date header), shared: formatting it costs more than the rest
+
+    def date_time_string(self, timestamp=None) -> str:
+        """The stdlib's Date header, formatted once per second instead of per response."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        second = int(time.time())
+        cached = LoopHandler._date
+        if cached[0] != second:
+            cached = LoopHandler._date = (second, super().date_time_string(second))
+        return cached[1]
+
     def version_string(self) -> str:
         return self.server_version  # the stdlib appends " " + sys_version, here empty
 

@@ -164,8 +164,10 @@ class NotificationQueue:
                 self.version += 1
             return note
 
-    def listing(self, now: float) -> list[dict]:
-        """The queue for people: on screen first, then in the order it will show."""
+    def listing(self, now: float, ages: bool = True) -> list[dict]:
+        """The queue for people: on screen first, then in the order it will show. `ages`
+        adds `age_sec`/`expires_in_sec`, which move with the clock (not in the status
+        snapshot, whose encoding is kept per version: it has the absolute times)."""
         with self._lock:
             notes = sorted(self._items, key=_order)
             showing, gate = self.showing, self.gate
@@ -175,12 +177,14 @@ class NotificationQueue:
                 continue
             state = "showing" if note is showing else (
                 "held" if gate is not None and note.priority < gate else "queued")
-            out.append(dict(note.about, id=note.id, priority=PRIORITIES[note.priority],
-                            state=state, brightness=note.brightness,
-                            duration_sec=note.seconds, repeat=note.repeat,
-                            age_sec=round(now - note.posted_at, 1),
-                            expires_in_sec=None if note.expires_at is None
-                            else round(note.expires_at - now, 1)))
+            entry = dict(note.about, id=note.id, priority=PRIORITIES[note.priority],
+                         state=state, brightness=note.brightness,
+                         duration_sec=note.seconds, repeat=note.repeat)
+            if ages:
+                entry.update(age_sec=round(now - note.posted_at, 1),
+                             expires_in_sec=None if note.expires_at is None
+                             else round(note.expires_at - now, 1))
+            out.append(entry)
         out.sort(key=lambda entry: entry["state"] != "showing")
         return out
 

@@ -92,8 +92,10 @@ class Player(threading.Thread):
 
     def __init__(self, store, driver, breaker, cfg, *, hint_lines=(), clock=time.monotonic,
                  rng=None, brightness: int | None = None, notifications=None,
-                 wall=time.time, zone=None):
+                 wall=time.time, zone=None, on_start=None):
+        """`on_start` runs first on the display thread itself (real-time scheduling)."""
         super().__init__(name="display", daemon=True)
+        self.on_start = on_start
         self.store, self.driver, self.breaker, self.cfg = store, driver, breaker, cfg
         self.hint_lines = list(hint_lines)
         self.clock = clock
@@ -161,6 +163,8 @@ class Player(threading.Thread):
 
     # ---- the thread --------------------------------------------------------------------
     def run(self) -> None:
+        if self.on_start is not None:
+            self.on_start()
         self._apply_state()
         timeout = 0.0
         while not self._stopping:

@@ -38,7 +38,7 @@ from loop.playback.notifications import NotificationQueue
 from loop.playback.player import Player
 from loop.service.notices import Notices
 from loop.service.signals import SignalPipe
-from loop.system import addresses
+from loop.system import addresses, realtime
 from loop.system.monitor import Monitor
 from loop.system.privileges import drop_privileges, service_user, set_service_groups
 from loop.system.sdnotify import Notifier
@@ -50,7 +50,8 @@ HTTP_POLL_SEC = 0.2  # serve_forever's poll: how often the accept loop's heartbe
 # Keys a SIGHUP cannot change in a running process.
 RESTART_KEYS = ("web.host", "web.port", "web.max_concurrent_requests", "system.data_dir",
                 "system.user", "processing.max_concurrent_jobs") + tuple(
-    f"display.{k}" for k in config.SCHEMA["display"] if k not in ("brightness", "fit"))
+    f"display.{k}" for k in config.SCHEMA["display"] if k not in ("brightness", "fit")) + tuple(
+    f"mqtt.{k}" for k in config.SCHEMA["mqtt"])
 # Keys that are only defaults of runtime settings: a reload never overrides what people set.
 FIRST_START_KEYS = ("display.brightness", "display.fit", "schedule.rules")
 
@@ -112,8 +113,10 @@ class App:
         self.panel_lock = guard.PanelLock(cfg.system.data_dir)
         self._was_root = os.geteuid() == 0
         self.privileges = {"user": None, "dropped": False, "reason": None}
+        self.realtime = {"priority": 0, "reason": "the display thread has not started"}
         self.player: Player | None = None
         self.monitor: Monitor | None = None
+        self.mqtt = None  # the MQTT front (loop/mqtt/front.py) when mqtt.enabled
         self._serve_thread: threading.Thread | None = None
 
     # ---- start / stop ------------------------------------------------------------------
@@ -142,7 +145,8 @@ class App:
         boot = self.scheduler.evaluate("start-up")
         self.player = Player(self.store, self.driver, self.breaker, self.cfg,
                              hint_lines=self.url_lines(), brightness=boot.brightness,
-                             notifications=self.notifications, wall=self.wall, zone=self.zone)
+                             notifications=self.notifications, wall=self.wall, zone=self.zone,
+                             on_start=self._display_thread_priority)
         self.player.show_mode = boot.wanted.show
         self.player.night_clock = self.night_clock()
         self.monitor = Monitor(self, self.notifier)
@@ -161,7 +165,16 @@ class App:
             for where in self.url_lines():
                 print(f"  open http://{where}/ on the LAN", file=sys.stderr, flush=True)
         self.notifier.ready(f"serving on port {port}")
+        self.start_mqtt()
         self.maintenance.schedule()  # after READY=1: re-rendering never delays start-up
+
+    def start_mqtt(self) -> None:
+        """The MQTT front, only when enabled: otherwise neither it nor paho-mqtt is loaded.
+        It connects in the background; a broker that is down never delays anything."""
+        if self.cfg.mqtt.enabled:
+            from loop.mqtt.front import MqttFront
+            self.mqtt = MqttFront(self)
+            self.mqtt.start()
 
     def serve(self) -> None:
         """Run the HTTP accept loop on its thread (its poll is the HTTP heartbeat)."""
@@ -176,6 +189,8 @@ class App:
             return
         self._stopped = True
         self.notifier.stopping()
+        if self.mqtt is not None:  # first: Home Assistant hears "offline" at once
+            self.mqtt.stop()
         if self.monitor is not None:
             # first: draining requests must not read as a dead accept loop
             self.monitor.stop()
@@ -296,6 +311,16 @@ class App:
         who = f"process {holder}" if holder else "another process"
         return (f"{who} holds the panel ({self.panel_lock.path}): a self-test, or a second "
                 "LOOP on the same data directory")
+
+    def _display_thread_priority(self) -> None:
+        """On the display thread, before its first frame: real-time scheduling when allowed
+        (loop/system/realtime.py); without it playback works, only its timing is looser."""
+        priority = self.cfg.display.realtime_priority
+        reason = realtime.make_realtime(priority)
+        self.realtime = {"priority": priority if reason is None else 0, "reason": reason}
+        if reason and priority:
+            log.info("display thread: no real-time priority (%s); frames may leave late "
+                     "while the API is busy", reason)
 
     def _service_user(self) -> str | None:
         return service_user(self.cfg)
@@ -451,25 +476,29 @@ class App:
                 "height": self.driver.height, "status": self.display_status(),
                 "reason": self.display_reason, "breaker": self.breaker.snapshot()}
 
-    def status_snapshot(self) -> tuple[dict, str]:
-        """The polling snapshot and its version (which ignores the frame counter)."""
+    def status_version(self) -> str:
+        """What the polling snapshot's ETag says: every part of it but the frame counter."""
+        return f"{self.player.status.version}.{self.store.view.version}." \
+               f"{self.jobs.version}.{self.breaker.state}.{self.display_status()}." \
+               f"{self.scheduler.version}.{self.store.settings_gen}." \
+               f"{self.notifications.version}"
+
+    def status_snapshot(self, frame: int | None = None) -> tuple[dict, str]:
+        """The polling snapshot and its version. Nothing in it changes without the version
+        changing except `player.frame` (the current frame, or `frame` when given), so the API
+        can keep its encoded form per version."""
+        version = self.status_version()
         player = self.player.status
         view = self.store.view
-        breaker = self.breaker.state
-        display_status = self.display_status()
-        jobs_active = self.jobs.active
-        queue = self.notifications
-        version = f"{player.version}.{view.version}.{self.jobs.version}.{breaker}." \
-                  f"{display_status}.{self.scheduler.version}.{self.store.settings_gen}." \
-                  f"{queue.version}"
-        data = {"player": player.as_dict(self.player.frame_index),
-                "display": {"driver": self.driver.name, "status": display_status,
-                            "breaker": breaker, "fit": self.store.settings.get("fit")},
+        data = {"player": player.as_dict(self.player.frame_index if frame is None else frame),
+                "display": {"driver": self.driver.name, "status": self.display_status(),
+                            "breaker": self.breaker.state, "fit": self.store.settings.get("fit")},
                 "library": {"items": len(view.items), "bytes": view.bytes},
                 "schedule": self.scheduler.status(),
                 "notifications": {"showing": player.notification,
-                                  "queue": queue.listing(time.monotonic())},
-                "jobs_active": jobs_active, "version": version}
+                                  "queue": self.notifications.listing(time.monotonic(),
+                                                                      ages=False)},
+                "jobs_active": self.jobs.active, "version": version}
         return data, version
 
     def health(self) -> dict:
@@ -481,7 +510,8 @@ class App:
                                               f"{breaker['last_error']}"
                                               if breaker["state"] != "closed" else None),
             "driver": self.driver.name, "breaker": breaker,
-            "frames_shown": self.player.frames_shown, "late_frames": self.player.late_frames}
+            "frames_shown": self.player.frames_shown, "late_frames": self.player.late_frames,
+            "realtime": self.realtime}
         checks["privileges"] = dict(self.privileges, status="ok", reason=None
                                     if self.privileges["dropped"] or os.geteuid() != 0
                                     else "running as root")
@@ -499,6 +529,8 @@ class App:
                           "fonts": len(fonts.available), "notifications": len(queue),
                           "notifications_refused": queue.refused,
                           "notifications_expired": queue.expired}
+        if self.mqtt is not None:
+            checks["mqtt"] = self.mqtt.check()
         statuses = [c["status"] for c in checks.values()]
         status = "failing" if "failing" in statuses else (
             "degraded" if "degraded" in statuses else "ok")
