@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import time
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -94,6 +95,22 @@ def show_still(loop, colour) -> str:
     loop.call("POST", "/api/playback/pause")
     eventually(lambda: loop.status()["player"]["item"] == id_, message="still not shown")
     return id_
+
+
+def wait_entries(page, loop, ids, timeout=20.0):
+    """Wait until the page lists exactly `ids` (in that order); say what it and LOOP had."""
+    shown = []
+
+    def listed():
+        shown[:] = page.eval_on_selector_all('[data-testid="notify-entry"]',
+                                             "els => els.map(e => e.dataset.id)")
+        return shown == ids
+
+    try:
+        eventually(listed, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"the page lists {shown}, not {ids}; LOOP has "
+                             f"{loop.data('/api/notify')['notifications']}") from None
 
 
 def sent_bodies(page) -> list:
@@ -200,12 +217,12 @@ def test_queue_lists_waiting_ones_in_order_with_their_expiry(ui, server):
     # one that may wait for days: its expiry is on another day, which the list says
     days = server.call("POST", "/api/notify", json_body={
         "text": "sale", "priority": "low", "expires_sec": 3 * 86400, "id": "sale"}).data
+    assert all(note for note in (first, later, urgent, days)), (first, later, urgent, days)
     page = ui.open(server)
-    page.wait_for_function(
-        "() => document.querySelectorAll('[data-testid=notify-entry]').length === 4")
     # the one on the panel first (critical interrupts), then in the order they will show
     eventually(lambda: server.status()["notifications"]["showing"] == urgent["id"],
                message="critical did not interrupt")
+    wait_entries(page, server, [urgent["id"], first["id"], "ci", "sale"])
     page.wait_for_selector(f'[data-testid="notify-entry"][data-id="{urgent["id"]}"]'
                            '[data-state="showing"]')
     order = page.eval_on_selector_all('[data-testid="notify-entry"]',
@@ -229,6 +246,23 @@ def test_queue_lists_waiting_ones_in_order_with_their_expiry(ui, server):
     server.call("DELETE", f"/api/notify/{first['id']}")
     page.wait_for_selector(f'[data-testid="notify-entry"][data-id="{first["id"]}"]',
                            state="detached")
+
+
+def test_the_queue_shows_when_notify_js_arrives_after_the_first_status(ui, server):
+    # Deferred scripts run in order, but app.js polls as soon as it runs: when notify.js
+    # comes late (a slow phone, a busy Pi), the first status answer is in before it listens,
+    # and every poll after it is a 304. It must still show the queue.
+    server.call("POST", "/api/notify", json_body={"text": "early", "duration_sec": 300,
+                                                  "id": "early"})
+
+    def late(route):
+        time.sleep(1.5)     # holds this one request; the browser goes on with the others
+        route.continue_()
+
+    ui.page.route("**/notify.js", late)
+    page = ui.open(server)
+    wait_entries(page, server, ["early"])
+    page.wait_for_selector('[data-testid="now-notice"][data-cover="notification"]')
 
 
 def test_a_bad_field_shows_the_servers_words_and_marks_the_field(ui, server):
@@ -272,8 +306,7 @@ def test_a_full_queue_says_so_and_when_to_try_again(ui, server):
             fields["expires_sec"] = 45     # the next room: Retry-After says when
         assert server.call("POST", "/api/notify", json_body=fields).status == 201
     page = ui.open(server)
-    page.wait_for_function(
-        f"() => document.querySelectorAll('[data-testid=notify-entry]').length === {QUEUE}")
+    wait_entries(page, server, [n["id"] for n in server.data("/api/notify")["notifications"]])
     assert page.locator("#notify-count").inner_text() == f"· {QUEUE} of {QUEUE}"
     page.fill("#notify-text", "One too many")
     page.click("#notify-send")

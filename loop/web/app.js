@@ -245,7 +245,15 @@
 
   // A tiny event bus: the operator panels subscribe instead of patching the pollers.
   const listeners = {};
-  function on(name, fn) { (listeners[name] = listeners[name] || []).push(fn); }
+  function on(name, fn) {
+    (listeners[name] = listeners[name] || []).push(fn);
+    // "status" is a state, not a moment: a panel whose script ran after the first answer
+    // came (deferred scripts run in order; app.js polls at once) gets the last snapshot now,
+    // or it would wait for the next change (until then every poll is a 304).
+    if (name === "status" && status) {
+      try { fn(status); } catch (err) { console.error("LOOP dashboard:", name, err); }
+    }
+  }
   function emit(name, payload) {
     for (const fn of listeners[name] || []) {
       try { fn(payload); } catch (err) { console.error("LOOP dashboard:", name, err); }
