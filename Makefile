@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # The emulator needs Pillow >= 10; CI's run on Debian's Pillow 9.4 leaves it out.
 DEV_REQS ?= requirements-dev.txt requirements-emulator.txt
 
-.PHONY: run demo test lint bench install uninstall rollback selftest clean
+.PHONY: run demo test lint bench install uninstall rollback selftest clean rgbmatrix
 
 # `make run` needs only the runtime packages; the test tools come with `make test`.
 $(RUN_STAMP): requirements.txt
@@ -33,6 +33,16 @@ lint: $(DEV_STAMP)
 
 test: lint
 	$(PY) -m pytest -q tests
+
+# The real LED binding (hzeller/rpi-rgb-led-matrix) built from a local copy of its source into
+# its own venv on Debian's Python and Pillow, once per source tree, by deploy/rgbmatrix.sh as
+# on the Pi. `make test` needs no separate step: the simulated-Pi tests build it on first use
+# (and skip, saying why, without the source or a compiler; under CI=true that fails).
+RGBMATRIX_SRC ?= ../shared/vendor/rpi-rgb-led-matrix
+RGBMATRIX_VENV ?= .venv-rgbmatrix
+export RGBMATRIX_SRC RGBMATRIX_VENV
+rgbmatrix:
+	@sh tests/hwsim/build-rgbmatrix.sh "$(RGBMATRIX_SRC)" "$(RGBMATRIX_VENV)"
 
 bench: $(DEV_STAMP)
 	$(PY) bench/run.py

@@ -25,7 +25,8 @@ import urllib.parse
 import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GROUPS = ("memory", "polling", "pacing", "notify", "ingest", "startup", "durability")
+GROUPS = ("memory", "polling", "pacing", "notify", "ingest", "startup", "durability",
+          "hardware")
 # Fields of a result that describe it rather than measure it (left out of the table's numbers).
 META_KEYS = ("group", "bench", "goal", "met", "unit", "runs", "notes", "quick", "error",
              "skipped")
@@ -176,7 +177,7 @@ def brief_rows(records) -> list[tuple]:
         elif group == "memory":
             text = (f"peak RSS {_n(rec['peak_rss_mb'])} MB, with children "
                     f"{_n(rec['peak_with_children_mb'])} MB")
-        elif group == "pacing" and "p99_dev_ms" in rec:
+        elif group in ("pacing", "hardware") and "p99_dev_ms" in rec:
             text = (f"p99 dev {_n(rec['p99_dev_ms'])} ms, drift {_n(rec['drift_ms'])} ms, "
                     f"late {rec['late_frames']}, {_n(rec['cpu_per_frame_us'], 0)} us CPU/frame")
         elif group == "notify" and "cpu_per_frame_us" in rec:
@@ -357,9 +358,10 @@ class Service:
     live: list = []  # every started service, so run.py can kill leftovers on any exit
 
     def __init__(self, work_dir: str, name: str, config: dict, *, runner: str | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, python: str | None = None):
         self.work_dir, self.name, self.config = work_dir, name, config
         self.runner = runner or os.path.join(ROOT, "loop.py")
+        self.python = python or sys.executable  # the binding's venv for group `hardware`
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -391,7 +393,7 @@ class Service:
             with open(self.stderr_path, "w") as err:
                 started = time.monotonic()
                 self.proc = subprocess.Popen(
-                    [sys.executable, self.runner, "--config", self.config_path], cwd=ROOT,
+                    [self.python, self.runner, "--config", self.config_path], cwd=ROOT,
                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
             Service.live.append(self)
             ready = None

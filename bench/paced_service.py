@@ -3,9 +3,10 @@
 Runs exactly what `loop.py` runs (`loop.service.app.main`: HTTP server, display thread,
 monitor), as a subprocess of the bench, but wraps the `open_driver` the app calls
 (loop/display/factory.py) so the opened driver's `show()` also records, per frame: the
-monotonic time it was called, the display thread's CPU time (`time.thread_time()`), and the
-frame's first pixel (which identifies the frame, see bench/inputs.py). The records are
-written as JSON to $BENCH_RECORD when the service exits.
+monotonic time it was called, the display thread's CPU time (`time.thread_time()`), the
+frame's first pixel (which identifies the frame, see bench/inputs.py), and when the call
+returned (bench/hardware.py: how long the real library's SetImage + SwapOnVSync take). The
+records are written as JSON to $BENCH_RECORD when the service exits.
 
 Why this way: pacing is measured inside the process that also serves HTTP, so the polling load
 competes with the display thread for the GIL exactly as in production, and the product carries
@@ -23,12 +24,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from loop.service import app  # noqa: E402
 
-RECORD = {"t": [], "cpu": [], "pixel": []}
+RECORD = {"t": [], "cpu": [], "pixel": [], "end": []}
 
 
 def _instrument(driver):
     cls = type(driver)
     t_list, cpu_list, px_list = RECORD["t"], RECORD["cpu"], RECORD["pixel"]
+    end_list = RECORD["end"]
     monotonic, thread_time = time.monotonic, time.thread_time
 
     def show(self, frame):
@@ -36,7 +38,10 @@ def _instrument(driver):
         cpu_list.append(thread_time())
         with memoryview(frame) as view:
             px_list.append(bytes(view[:3]).hex())
-        return cls.show(self, frame)
+        try:
+            return cls.show(self, frame)
+        finally:
+            end_list.append(monotonic())
 
     driver.__class__ = type(f"Recording{cls.__name__}", (cls,), {"show": show})
     return driver

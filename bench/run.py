@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make bench`: start the real LOOP service on loopback (headless driver) and measure memory,
 polling, frame pacing, a marquee and notification latency, ingest speed, start-up and
-durability cost.
+durability cost; then the same service on the real LED library on a simulated Pi (group
+`hardware`, skipped when `make rgbmatrix` has not built the binding).
 
 Prints one JSON object per benchmark on stdout as it goes, then a short table; progress goes
 to stderr. A full run (every group, full inputs) saves everything to bench/results.json, the
@@ -34,7 +35,16 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import common, durability, ingest, memory, notify, playback, startup  # noqa: E402
+from bench import (  # noqa: E402
+    common,
+    durability,
+    hardware,
+    ingest,
+    memory,
+    notify,
+    playback,
+    startup,
+)
 from bench.common import GROUPS, ROOT, json_line, log, result  # noqa: E402
 from bench.inputs import Inputs  # noqa: E402
 
@@ -135,7 +145,7 @@ def main(argv: list[str]) -> int:
 
     steps = [("memory", memory.run), ("polling+pacing", playback.run),
              ("notify", notify.run), ("ingest", ingest.run), ("startup", startup.run),
-             ("durability", durability.run)]
+             ("durability", durability.run), ("hardware", hardware.run)]
     failed = []
     timings = {}
     for name, step in steps:

@@ -26,8 +26,13 @@
 #   LOOP_MODPROBEDIR=/etc/modprobe.d   LOOP_BOOTDIR=/boot/firmware (or /boot)
 #   LOOP_SKIP_RGBMATRIX=1       headless install: no LED binding build (off a Pi
 #                               the build is skipped anyway, unless RGBMATRIX_SRC is set)
-#   RGBMATRIX_SRC=/path         build the binding from this local checkout (offline)
-#   RGBMATRIX_COMMIT=<sha>      override the pinned commit (RGBMATRIX_REPO: the clone URL)
+#   RGBMATRIX_SRC=/path         build the binding from this local copy of the library's
+#                               source instead of fetching it (no git)
+#   RGBMATRIX_WHEELS=/dir       the binding's build tools (scikit-build-core, Cython) from
+#                               wheels in /dir instead of PyPI; with RGBMATRIX_SRC the build
+#                               needs no network (see deploy/rgbmatrix.sh)
+#   RGBMATRIX_COMMIT=<sha>      override the pinned commit (RGBMATRIX_REPO: the git URL)
+#   CMAKE_BUILD_PARALLEL_LEVEL  compile jobs of that build (default 1 below 1 GB of RAM)
 #   LOOP_SKIP_APT=1             do not run apt-get (packages installed by other means)
 #   LOOP_SKIP_PIP=1             do not pip-install multipart and paho-mqtt (provide them); pip
 #                               also honours PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX
@@ -49,7 +54,9 @@ RGBMATRIX_COMMIT=${RGBMATRIX_COMMIT:-89072356305e272c2b1af32b8377a274df3d6d9f}
 
 # xfonts-base: the misc-fixed bitmap fonts of text items, clocks and text notifications
 APT_BASE="python3 python3-venv python3-pil python3-psutil ffmpeg xfonts-base"
-APT_BUILD="python3-dev build-essential cython3 cmake git"
+# The binding's build: its pyproject's scikit-build-core and Cython come from PyPI (or
+# RGBMATRIX_WHEELS) inside pip's build environment, not from apt (see deploy/rgbmatrix.sh).
+APT_BUILD="python3-dev build-essential cmake git"
 
 # ---------------------------------------------------------------- small helpers
 
@@ -380,27 +387,6 @@ setup_venv() {
     info "$("$R$VENV/bin/python" -c 'import PIL, psutil, multipart; print("Pillow", PIL.__version__, "from", PIL.__path__[0], "| psutil", psutil.__version__, "| multipart", getattr(multipart, "__version__", "?"))')"
 }
 
-# A 32-bit Raspberry Pi OS compiles for ARMv6 by default; the pinned library uses
-# ARMv7 barriers (upstream PR #1891). On an ARMv7/v8 CPU (Zero 2 W, 3, 4) target ARMv7.
-arm32_v7_or_later() {
-    [ "$(dpkg --print-architecture 2>/dev/null || true)" = armhf ] &&
-        grep -q -E '^CPU architecture:[[:space:]]*[78]' /proc/cpuinfo 2>/dev/null
-}
-
-fetch_rgbmatrix() {
-    dir=$1
-    if [ ! -d "$dir/.git" ]; then
-        rm -rf "$dir"
-        mkdir -p "$(dirname "$dir")"
-        git clone --quiet "$RGBMATRIX_REPO" "$dir"
-    fi
-    if ! git -C "$dir" cat-file -e "$RGBMATRIX_COMMIT^{commit}" 2>/dev/null; then
-        git -C "$dir" fetch --quiet origin
-    fi
-    git -C "$dir" -c advice.detachedHead=false checkout --quiet --force "$RGBMATRIX_COMMIT"
-    git -C "$dir" clean -fdxq
-}
-
 build_rgbmatrix() {
     step "LED matrix binding (rgbmatrix)"
     if [ "${LOOP_SKIP_RGBMATRIX:-0}" = 1 ]; then
@@ -429,23 +415,12 @@ build_rgbmatrix() {
             info "up to date ($stamp)"
             return
         fi
-        info "fetching $RGBMATRIX_REPO at $RGBMATRIX_COMMIT"
-        fetch_rgbmatrix "$src"
+        info "fetching $RGBMATRIX_REPO at $RGBMATRIX_COMMIT (that commit only, the files the build needs)"
+        RGBMATRIX_REPO=$RGBMATRIX_REPO RGBMATRIX_COMMIT=$RGBMATRIX_COMMIT \
+            sh "$SRC/deploy/rgbmatrix.sh" fetch "$src"
     fi
-    info "building from $src against Pillow $pillow (takes several minutes on a Pi Zero 2 W)"
-    (
-        # Two compile jobs fit in 512 MB; more swap or get OOM-killed.
-        CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
-        export CMAKE_BUILD_PARALLEL_LEVEL
-        if [ -z "${CXXFLAGS:-}" ] && arm32_v7_or_later; then
-            CFLAGS="-march=armv7-a+fp"
-            CXXFLAGS="-march=armv7-a+fp"
-            export CFLAGS CXXFLAGS
-        fi
-        cd "$src"
-        "$py" -m pip install --disable-pip-version-check --no-input --no-cache-dir \
-            --force-reinstall --no-deps .
-    )
+    info "building from $src against Pillow $pillow (10-20 minutes on a Pi Zero 2 W)"
+    sh "$SRC/deploy/rgbmatrix.sh" build "$py" "$src"
     "$py" -c 'import rgbmatrix' || die "the rgbmatrix binding was built but does not import"
     # The binding's fast SetImage reads Pillow's C structures: the driver compares this
     # with the Pillow it runs with (sys.prefix/rgbmatrix-pillow-version).

@@ -123,14 +123,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "display": {
         "driver": Key("auto", str, "panel driver; auto = rgbmatrix when importable and "
                       "its pre-flight passes, else headless", choices=DRIVERS),
-        "rows": Key(32, int, "rows of one panel (rgbmatrix --led-rows)", 8, 64, check=_even),
-        "cols": Key(64, int, "columns of one panel (rgbmatrix --led-cols)", 16, 256),
+        "rows": Key(32, int, "rows of one panel (rgbmatrix --led-rows; the library takes "
+                    "8..64, even)", 8, 64, check=_even),
+        "cols": Key(64, int, "columns of one panel (rgbmatrix --led-cols; the library takes "
+                    "16 or more)", 16, 256),
         "chain_length": Key(1, int, "panels daisy-chained per output", 1, 16),
         "parallel": Key(1, int, "parallel chains (1..3 on a Pi)", 1, 3),
         "hardware_mapping": Key("adafruit-hat", str, "GPIO mapping (the reference "
-                                "hardware is the Adafruit RGB Matrix Bonnet)",
-                                choices=HARDWARE_MAPPINGS),
-        "gpio_slowdown": Key(2, int, "GPIO slowdown; raise it when the panel flickers", 0, 5),
+                                "hardware is the Adafruit RGB Matrix Bonnet); compute-module "
+                                "needs a library built for it, which make install's is not, "
+                                "so the pre-flight refuses it", choices=HARDWARE_MAPPINGS),
+        "gpio_slowdown": Key(2, int, "GPIO slowdown; raise it when the panel flickers (the "
+                             "library takes 0..10)", 0, 10),
         "brightness": Key(80, int, "brightness at first start, 0..100 (0 = off); "
                           "the runtime setting overrides it", 0, 100),
         "pwm_bits": Key(11, int, "PWM bits (colour depth vs refresh)", 1, 11),
@@ -138,12 +142,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "pwm_dither_bits": Key(0, int, "time-dithering of the lower bits", 0, 2),
         "scan_mode": Key(0, int, "0 progressive, 1 interlaced", 0, 1),
         "row_address_type": Key(0, int, "row address scheme of the panel", 0, 5),
-        "multiplexing": Key(0, int, "outdoor-panel multiplexing scheme, 0 = none", 0, 20),
-        "led_rgb_sequence": Key("RGB", str, "channel order of the panel", check=_rgb_sequence),
-        "pixel_mapper_config": Key("", str, "rgbmatrix pixel mapper string, e.g. 'U-mapper'"),
-        "panel_type": Key("", str, "panel init sequence, e.g. 'FM6126A'; empty = none"),
-        "disable_hardware_pulsing": Key(False, bool, "bit-bang instead of hardware PWM "
-                                        "(needed when the sound module is loaded)"),
+        "multiplexing": Key(0, int, "outdoor-panel multiplexing scheme, 0 = none", 0, 22),
+        "led_rgb_sequence": Key("RGB", str, "channel order of the panel (either case)",
+                                check=_rgb_sequence),
+        "pixel_mapper_config": Key("", str, "rgbmatrix pixel mapper string, e.g. 'U-mapper' "
+                                   "or 'Rotate:90'; the pre-flight refuses what the library "
+                                   "would skip"),
+        "panel_type": Key("", str, "panel init sequence: FM6126A or FM6127 (what the library "
+                          "knows); empty = none"),
+        "disable_hardware_pulsing": Key(False, bool, "bit-bang instead of hardware PWM; only "
+                                        "regular, adafruit-hat-pwm and regular-pi1 pulse, and "
+                                        "need root and no sound module unless this is set"),
         "limit_refresh_rate_hz": Key(0, int, "cap the panel refresh rate, 0 = no cap", 0, 1000),
         "drop_privileges": Key(True, bool, "drop root to system.user once the panel is open"),
         "fit": Key("contain", str, "fit at first start: contain (letterbox), cover (crop) or "

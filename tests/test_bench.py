@@ -59,7 +59,7 @@ def test_only_a_full_run_replaces_the_committed_results():
 
 def test_every_group_is_known():
     assert common.GROUPS == ("memory", "polling", "pacing", "notify", "ingest", "startup",
-                             "durability")
+                             "durability", "hardware")
 
 
 def test_headline_verdict_and_table():
@@ -211,3 +211,20 @@ def test_brief_table_folds_polling_per_condition():
     assert what.startswith("gif50fps") and "p99 1..6 ms" in text and "503: 6" in text
     assert verdict == "MISSED 2/6"
     assert common.brief_markdown(recs).count("\n") == len(rows) + 1
+
+
+def test_hardware_group_says_why_it_cannot_run(monkeypatch, tmp_path):
+    """Without a built binding the group is skipped with the reason, never built here."""
+    from bench import hardware
+    monkeypatch.setenv("RGBMATRIX_VENV", str(tmp_path / "no-venv"))
+    reason = hardware.binding()
+    assert isinstance(reason, str) and "make rgbmatrix" in reason
+    records = []
+
+    class Ctx:
+        quick = True
+        work = str(tmp_path)
+        emit = staticmethod(records.append)
+    hardware.run(Ctx())
+    assert [(r["group"], r["bench"], r["skipped"]) for r in records] == [
+        ("hardware", "real_library", reason)]

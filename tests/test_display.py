@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.config import build
+from loop.config import ConfigError, build
 from loop.display.base import Check, DisplayError
 from loop.display.factory import open_driver
 from loop.display.guard import clear_crash_marker, init_crash_count
@@ -128,6 +128,10 @@ def test_exact_pixels_reach_the_front_canvas(fake):
 
 
 def test_only_two_canvases_after_100_frames_and_a_brightness_change(fake):
+    """The library has no canvas limit (it keeps every one until the matrix goes, a
+    framebuffer each): only the driver's discipline keeps memory flat. The fake's strict knob
+    turns a third framebuffer (the matrix's own counts) into an error."""
+    fake.state.max_canvases = 2
     driver = opened(fake, rows=16, cols=32)
     for i in range(100):
         driver.show(frame(32, 16, i))
@@ -141,10 +145,15 @@ def test_only_two_canvases_after_100_frames_and_a_brightness_change(fake):
     assert all(a != b for a, b in zip(shown, shown[1:], strict=False))  # always the other one
 
 
-def test_fake_refuses_a_third_canvas(fake):
-    """What makes the canvas count above meaningful."""
-    matrix = fake.RGBMatrix(options=fake.RGBMatrixOptions())
-    matrix.CreateFrameCanvas()
+def test_fake_canvases_are_unlimited_like_the_library_unless_a_test_says(fake):
+    """What makes the canvas count above meaningful: the real library hands out a canvas
+    every time (tests/test_rgbmatrix_fidelity.py); only the fake's knob refuses a third."""
+    options = fake.RGBMatrixOptions()
+    options.hardware_mapping, options.drop_privileges = "adafruit-hat", 0
+    matrix = fake.RGBMatrix(options=options)
+    canvases = [matrix.CreateFrameCanvas() for _ in range(3)]
+    assert len({c.ident for c in canvases}) == 3
+    fake.state.max_canvases = 4  # the matrix's own framebuffer and the three above
     with pytest.raises(fake.TooManyCanvases):
         matrix.CreateFrameCanvas()
 
@@ -196,22 +205,36 @@ def test_config_values_reach_the_options(fake):
                 pwm_dither_bits=1, scan_mode=1, row_address_type=2, multiplexing=3,
                 led_rgb_sequence="gbr", pixel_mapper_config="U-mapper", panel_type="FM6126A",
                 disable_hardware_pulsing=True, limit_refresh_rate_hz=120)
+    keys["chain_length"] = 4  # the U-mapper folds an even chain
     driver = opened(fake, **keys)
     options = fake.state.options
     for key, value in keys.items():
+        # As configured: the library takes a lower-case sequence (Validate() and its pin
+        # lookup both try either case); strings read back as bytes.
         expected = value.encode() if isinstance(value, str) else value
-        if key == "led_rgb_sequence":
-            expected = b"GBR"  # the library wants upper case
         assert getattr(options, key) == expected, key
-    assert (driver.width, driver.height) == (384, 128)
+    # U-mapper: 4 x 128 wide, 2 x 64 high, folded into half the width and twice the height
+    assert (driver.width, driver.height) == (256, 256)
+
+
+def test_config_takes_the_librarys_whole_range(fake):
+    """config.py allows what the library allows where LOOP has no reason of its own to be
+    stricter: gpio_slowdown up to 10 (Pi 4 owners need 3-4, some panels more), all 22
+    multiplexers."""
+    opened(fake, rows=16, cols=32, gpio_slowdown=10, multiplexing=22)
+    assert (fake.state.options.gpio_slowdown, fake.state.options.multiplexing) == (10, 22)
+    for key, value in (("gpio_slowdown", 11), ("multiplexing", 23)):
+        with pytest.raises(ConfigError, match=f"display.{key}"):
+            cfg(**{key: value})
 
 
 def test_brightness_zero_at_start_opens_with_1_and_clears(fake):
     driver = opened(fake, rows=16, cols=32, brightness=0)
     assert fake.state.options.brightness == 1  # the library's Validate() rejects 0
-    assert ("Clear",) in fake.state.calls
+    assert fake.state.calls[-1] == ("Clear",)  # off: 1 % is still light, Clear() is dark
+    fake.state.calls.clear()
     driver.show(frame(32, 16))
-    assert not [c for c in fake.state.calls if c[0] == "SetImage"]
+    assert fake.state.calls == []  # nothing drawn while off
 
 
 def test_library_drops_to_the_service_user(fake):
@@ -254,45 +277,92 @@ def test_fake_options_reject_unknown_names_and_images_in_other_modes(fake):
         options.brightnes = 50
     with pytest.raises(OverflowError):
         options.rows = 300
+    # The library's default mapping ("regular") needs the PWM pulser, which exits over the
+    # sound module of the fake's stock Pi: the Bonnet's mapping needs neither.
+    options.hardware_mapping, options.drop_privileges = "adafruit-hat", 0
     canvas = fake.RGBMatrix(options=options).CreateFrameCanvas()
     with pytest.raises(Exception, match="only RGB"):
         canvas.SetImage(Image.new("RGBA", (32, 32)))
 
 
-def test_open_turns_library_errors_into_display_error(fake):
-    fake.state.fail_init = "cannot mmap /dev/gpiomem"
-    driver = RGBMatrixDriver(cfg(rows=16, cols=32), module=fake)
-    with pytest.raises(DisplayError, match="cannot mmap /dev/gpiomem"):
+def test_open_refuses_a_pi_whose_gpio_cannot_be_opened_before_the_library_runs(fake, tmp_path):
+    """Without GPIO access the library prints "Must run as root" and hands back a matrix
+    holding NULL, whose next call is SIGSEGV: the driver checks the devices first."""
+    root = fake_root(tmp_path, devs=())
+    driver = RGBMatrixDriver(cfg(rows=16, cols=32), module=fake, root=root, euid=0)
+    with pytest.raises(DisplayError, match="the GPIO cannot be opened: /dev/gpiomem: No such"):
         driver.open()
+    assert fake.state.calls == []  # RGBMatrix() never ran
 
 
-def test_show_lets_panel_failures_through(fake):
+def test_a_matrix_the_library_refused_becomes_a_display_error(fake):
+    """The net under the pre-flight: a refusal it did not foresee (here: the fake's GPIO
+    fails off a Pi, where the pre-flight cannot look) gives a NULL matrix. The driver sees it
+    (SetImage is the one call that checks) instead of calling CreateFrameCanvas() on it, and
+    keeps it for good: freeing it is a SIGSEGV too."""
+    fake.state.fail_init = "no GPIO"
+    driver = RGBMatrixDriver(cfg(rows=16, cols=32), module=fake)
+    with pytest.raises(DisplayError, match="refused the panel although the pre-flight passed"):
+        driver.open()
+    assert fake.state.null_matrices == 1
+    assert [c[0] for c in fake.state.calls] == ["RGBMatrix"]  # nothing after it
+    import gc
+    gc.collect()  # the refused matrix is never freed: this process lives on
+
+
+def test_show_lets_frame_call_exceptions_through(fake):
+    """The one exception the binding raises out of a frame call is the dead-canvas one (a
+    real panel fault is invisible to the library: FINDINGS.md section 8); it reaches the
+    breaker as it is."""
     driver = opened(fake, rows=16, cols=32)
     fake.state.fail_after_swaps = 3
     for i in range(3):
         driver.show(frame(32, 16, i))
-    with pytest.raises(Exception, match="fake panel failure") as caught:
+    with pytest.raises(Exception, match="Canvas was destroyed or not initialized") as caught:
         driver.show(frame(32, 16, 9))
     assert not isinstance(caught.value, DisplayError)
 
 
-def test_hanging_and_slow_panels_block_the_caller(fake):
+def test_a_slow_panel_blocks_the_caller_and_every_other_thread(fake):
+    """SwapOnVSync keeps the GIL while it waits for the refresh (the real binding does,
+    tests/test_hwsim.py shows it): no other Python thread runs meanwhile."""
     driver = opened(fake, rows=16, cols=32)
-    fake.state.slow_sec = 0.05
-    started = time.monotonic()
-    driver.show(frame(32, 16))
-    assert time.monotonic() - started >= 0.05
-    fake.state.slow_sec = 0.0
+    ticks, stop = [], threading.Event()
+
+    def ticking():
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.001)
+    ticker = threading.Thread(target=ticking)
+    ticker.start()
+    try:
+        wait_until = time.monotonic() + 5
+        while len(ticks) < 3 and time.monotonic() < wait_until:
+            time.sleep(0.01)
+        fake.state.slow_sec = 0.2
+        started = time.monotonic()
+        driver.show(frame(32, 16))
+        ended = time.monotonic()
+    finally:
+        stop.set()
+        ticker.join(5)
+    assert ended - started >= 0.2
+    during = [t for t in ticks if started + 0.01 < t < ended - 0.01]
+    assert during == []
+    assert fake.state.matrices[0].front.pixels == frame(32, 16)
+
+
+def test_a_hung_panel_never_returns_to_the_caller(fake):
+    """A stalled refresh: SwapOnVSync does not come back, and with the GIL held nothing in
+    the process can end it (the fake gives up after 3 s with an AssertionError, the real one
+    never does: the systemd watchdog is the way out)."""
+    driver = opened(fake, rows=16, cols=32)
     fake.state.hang = True
-    worker = threading.Thread(target=driver.show, args=(frame(32, 16, 2),))
-    worker.start()
-    assert fake.state.hanging.wait(5)
-    worker.join(0.1)
-    assert worker.is_alive()
-    fake.release()
-    worker.join(5)
-    assert not worker.is_alive()
-    assert fake.state.matrices[0].front.pixels == frame(32, 16, 2)
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match="never released"):
+        driver.show(frame(32, 16, 2))
+    assert time.monotonic() - started >= 2.9
+    assert fake.state.hanging.is_set()
 
 
 def test_calls_need_an_open_driver_and_close_blanks(fake):
@@ -343,13 +413,25 @@ def test_preflight_on_a_pi_with_everything_in_place(fake, tmp_path):
 SND = "snd_bcm2835 24576 1 - Live 0x0\nsnd_pcm 1 1 snd_bcm2835, Live 0x0\n"
 
 
+PWM = {"hardware_mapping": "regular"}  # output-enable on GPIO 18: the PWM pulser
+
+
 @pytest.mark.parametrize("root_keys, cfg_keys, euid, name, status", [
-    ({"modules": SND}, {}, 0, "sound_module", "fail"),
-    ({"modules": SND}, {"disable_hardware_pulsing": True}, 0, "sound_module", "pass"),
-    ({"modules": "snd_soc_bcm2835_i2s 1 0 - Live 0x0\n"}, {}, 0, "sound_module", "pass"),
-    ({}, {}, 1000, "root", "fail"),
-    ({}, {"disable_hardware_pulsing": True}, 1000, "root", "pass"),
-    ({}, {}, 0, "root", "pass"),
+    ({"modules": SND}, PWM, 0, "sound_module", "fail"),
+    ({"modules": SND}, {"hardware_mapping": "adafruit-hat-pwm"}, 0, "sound_module", "fail"),
+    ({"modules": SND}, {"hardware_mapping": "regular-pi1"}, 0, "sound_module", "fail"),
+    ({"modules": SND}, {**PWM, "disable_hardware_pulsing": True}, 0, "sound_module", "pass"),
+    ({"modules": "snd_soc_bcm2835_i2s 1 0 - Live 0x0\n"}, PWM, 0, "sound_module", "pass"),
+    ({}, PWM, 1000, "root", "fail"),
+    ({"devs": ("gpiomem",)}, PWM, 0, "root", "fail"),  # root, but /dev/mem will not open
+    ({}, {**PWM, "disable_hardware_pulsing": True}, 1000, "root", "pass"),
+    ({}, PWM, 0, "root", "pass"),
+    # Output-enable elsewhere: no pulser, so neither the sound module nor root matters
+    # (the library never looks for either; adafruit-hat is LOOP's default).
+    ({"modules": SND}, {}, 1000, "sound_module", "pass"),
+    ({"modules": SND}, {"hardware_mapping": "classic"}, 1000, "sound_module", "pass"),
+    ({"modules": SND}, {"hardware_mapping": "classic-pi1"}, 1000, "sound_module", "pass"),
+    ({"devs": ("gpiomem",)}, {}, 1000, "root", "pass"),
     ({"devs": ()}, {}, 0, "gpio_device", "fail"),
     ({"devs": ("gpiomem",)}, {}, 0, "gpio_device", "pass"),
     ({"devs": ("mem",)}, {}, 0, "gpio_device", "pass"),
@@ -366,7 +448,7 @@ def test_preflight_hardware_rules(fake, tmp_path, root_keys, cfg_keys, euid, nam
 
 
 def test_preflight_sound_module_fix_names_both_ways_out(fake, tmp_path):
-    check = by_name(preflight(cfg(), root=fake_root(tmp_path, modules=SND), euid=0,
+    check = by_name(preflight(cfg(**PWM), root=fake_root(tmp_path, modules=SND), euid=0,
                                       module=fake))["sound_module"]
     assert "snd_bcm2835" in check.reason
     assert "blacklist" in check.fix and "dtparam=audio=off" in check.fix
@@ -375,11 +457,33 @@ def test_preflight_sound_module_fix_names_both_ways_out(fake, tmp_path):
 
 @pytest.mark.parametrize("change, name", [
     ({"hardware_mapping": "adafruit-bonnet"}, "hardware_mapping"),
+    ({"hardware_mapping": "compute-module"}, "hardware_mapping"),  # not in the pip build
     ({"parallel": 4}, "parallel"),
     ({"parallel": 2, "hardware_mapping": "adafruit-hat"}, "parallel"),
     ({"led_rgb_sequence": "RGG"}, "led_rgb_sequence"),
+    ({"led_rgb_sequence": "RGBW"}, "led_rgb_sequence"),
     ({"rows": 7}, "geometry"),
+    ({"rows": 4}, "geometry"),  # Validate() wants 8..64
+    ({"rows": 66}, "geometry"),
     ({"cols": 0}, "geometry"),
+    ({"cols": 8}, "geometry"),  # Validate() wants 16 or more
+    ({"chain_length": 0}, "geometry"),
+    ({"pwm_bits": 0}, "pwm_bits"),
+    ({"pwm_bits": 12}, "pwm_bits"),
+    ({"pwm_lsb_nanoseconds": 49}, "pwm_lsb_nanoseconds"),
+    ({"pwm_lsb_nanoseconds": 3001}, "pwm_lsb_nanoseconds"),
+    ({"pwm_dither_bits": 3}, "pwm_dither_bits"),
+    ({"scan_mode": 2}, "scan_mode"),
+    ({"row_address_type": 6}, "row_address_type"),
+    ({"multiplexing": 23}, "multiplexing"),
+    ({"gpio_slowdown": 11}, "gpio_slowdown"),
+    ({"panel_type": "FM6216"}, "panel_type"),
+    ({"pixel_mapper_config": "U-mapper"}, "pixel_mapper_config"),  # a chain of 1
+    ({"pixel_mapper_config": "Rotate:45"}, "pixel_mapper_config"),
+    ({"pixel_mapper_config": "Rotate:90;Flip"}, "pixel_mapper_config"),
+    ({"pixel_mapper_config": "Mirror:X"}, "pixel_mapper_config"),
+    ({"pixel_mapper_config": ":90"}, "pixel_mapper_config"),
+    ({"pixel_mapper_config": "Remap:64,32|0,0n|64,0n"}, "pixel_mapper_config"),
 ])
 def test_preflight_config_rules_stop_what_would_kill_the_process(fake, tmp_path, change, name):
     # Values config.py would refuse, as a caller could still hand them over.
@@ -396,13 +500,70 @@ def test_preflight_config_rules_stop_what_would_kill_the_process(fake, tmp_path,
     assert ("RGBMatrix",) not in fake.state.calls  # the library never got control
 
 
-def test_fake_exits_where_the_library_would(fake):
-    """Without the pre-flight, these values take the whole process down."""
-    options = fake.RGBMatrixOptions()
-    options.hardware_mapping = "adafruit-hat"
-    options.parallel = 2
-    with pytest.raises(fake.LibraryExit):
-        fake.RGBMatrix(options=options)
+@pytest.mark.parametrize("change, message", [
+    ({}, None),
+    ({"rows": 4}, "Invalid number or rows per panel"),
+    ({"cols": 8}, "Invalid number of columns"),
+    ({"pwm_bits": 12}, "Invalid range of pwm-bits"),
+    ({"pwm_lsb_nanoseconds": 3001}, "Invalid range of pwm-lsb-nanoseconds"),
+    ({"multiplexing": 23}, "Multiplexing can only be one of"),
+    ({"gpio_slowdown": 11}, "--led-slowdown-gpio=11 is outside usable range"),
+    ({"hardware_mapping": "compute-module"}, "There is no hardware mapping named"),
+    ({"parallel": 2}, "only supports 1 parallel chain"),
+])
+def test_preflight_passes_exactly_what_the_library_accepts(fake, tmp_path, change, message):
+    """Each value the pre-flight refuses, handed to the library as LOOP would set it: the
+    library refuses it too (a NULL matrix, which the driver's net catches, or abort()); what
+    the pre-flight passes opens. Run against the fake in a
+    subprocess (the fake matches the real library here: tests/test_rgbmatrix_fidelity.py)."""
+    import hwsim
+    bad = dataclasses.replace(cfg(driver="rgbmatrix", rows=16, cols=32), **change)
+    reason = failed_reason(preflight(bad, root=fake_root(tmp_path, model=None), module=fake))
+    assert (reason is None) == (message is None), reason
+    keys = {f.name: getattr(bad, f.name) for f in dataclasses.fields(bad)}
+    result = hwsim.run_python(sys.executable, f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+import rgbmatrix
+from loop.display.rgbmatrix import RGBMatrixDriver
+class Cfg: pass
+cfg = Cfg()
+cfg.__dict__.update({keys!r})
+driver = RGBMatrixDriver(cfg, rgbmatrix)
+driver._refusal = lambda: None  # what the library does without LOOP's pre-flight
+step("open", driver.open)
+step("size", lambda: (driver.width, driver.height))
+""", hwsim.fake_env())
+    if message is None:
+        assert (result.returncode, result.steps) == (0, [["open", "ok", None],
+                                                         ["size", "ok", [32, 16]]])
+        return
+    assert message in result.stderr
+    if result.signal is None:  # a NULL matrix: caught by the driver's net, not a crash
+        assert result.steps[0][:3] == ["open", "raise", "DisplayError"], result.outcome
+        assert "refused the panel" in result.steps[0][3]
+    else:
+        assert (result.signal, result.steps) == ("SIGABRT", []), result.outcome
+
+
+def test_preflight_refuses_a_binding_built_for_another_pillow(fake, monkeypatch, tmp_path):
+    """make install records the Pillow the binding was compiled against; SetImage reads
+    Pillow's internals, so after a Pillow upgrade the panel waits for a rebuild."""
+    import PIL
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    record = tmp_path / "rgbmatrix-pillow-version"
+    record.write_text(PIL.__version__ + "\n")
+    root = fake_root(tmp_path, model=None)
+    assert by_name(preflight(cfg(), root=root, module=fake))["binding"].status == "pass"
+    record.write_text("9.3.0\n")
+    check = by_name(preflight(cfg(), root=root, module=fake))["binding"]
+    assert check.status == "fail"
+    assert f"built against Pillow 9.3.0, but Pillow {PIL.__version__}" in check.reason
+    assert "sudo make install" in check.fix
+    driver, reason = open_driver(cfg(driver="auto"), str(tmp_path / "data"), root=root,
+                                 module=fake)
+    assert driver.name == "headless" and "built against Pillow 9.3.0" in reason
+    assert fake.state.calls == []
 
 
 def test_preflight_binding_missing(monkeypatch, tmp_path):
@@ -481,10 +642,10 @@ def test_marker_found_at_start_counts_as_a_failed_init(fake, tmp_path):
 
 def test_clean_init_failure_falls_back_without_counting_as_a_crash(fake, tmp_path):
     data, root = tmp_path / "data", fake_root(tmp_path, model=None)
-    fake.state.fail_init = "RGBMatrix creation failed"
+    fake.state.fail_init = "no GPIO"  # off a Pi the pre-flight cannot see it: a NULL matrix
     driver, reason = start(fake, data, root)
     assert driver.name == "headless"
-    assert "RGBMatrix creation failed" in reason
+    assert "the rgbmatrix library refused the panel although the pre-flight passed" in reason
     assert not marker(data).exists()
     marker(data).write_text("1\n")
     start(fake, data, root, max_init_crashes=5)
@@ -514,12 +675,22 @@ def test_auto_uses_the_binding_when_preflight_passes(fake, tmp_path):
 
 
 def test_auto_falls_back_when_preflight_fails(fake, tmp_path):
-    driver, reason = open_driver(cfg(driver="auto"), str(tmp_path),
+    driver, reason = open_driver(cfg(driver="auto", **PWM), str(tmp_path),
                                          root=fake_root(tmp_path, modules=SND), euid=0,
                                          module=fake)
     assert driver.name == "headless"
     assert "snd_bcm2835" in reason
     assert fake.state.calls == []
+
+
+def test_the_default_mapping_opens_on_a_stock_pi_without_root(fake, tmp_path):
+    """adafruit-hat (the Bonnet, LOOP's default) has output-enable on GPIO 4: the library
+    runs it on /dev/gpiomem with the sound module loaded and without root."""
+    fake.state.devmem = False  # the fake's Pi as this root would be: no /dev/mem access
+    driver, reason = open_driver(cfg(driver="auto", rows=16, cols=32), str(tmp_path),
+                                 root=fake_root(tmp_path, modules=SND, devs=("gpiomem",)),
+                                 euid=1000, module=fake)
+    assert (driver.name, reason) == ("rgbmatrix", None)
 
 
 @pytest.mark.parametrize("choice, expected", [
@@ -552,7 +723,7 @@ def needs_emulator(test):
 
 EMULATOR_SCRIPT = textwrap.dedent("""
     import json, signal, sys
-    from loop.config import build
+    from loop.config import ConfigError, build
     from loop.display.emulator import EmulatorDriver
     args = json.loads(sys.argv[1])
     out = {}

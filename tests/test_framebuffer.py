@@ -248,13 +248,50 @@ def test_backlight_takes_the_brightness_and_frames_stay_a_plain_copy(tmp_path):
     assert device(root) == frame
 
 
-def test_on_off_backlight_is_on_for_any_brightness(tmp_path):
+def test_on_off_backlight_switches_and_the_pixels_dim_in_software(tmp_path):
+    """A GPIO backlight (max_brightness 1) is a switch: on for any brightness above 0, and
+    the dimming is done on the pixels, or 20 % would look like 100 %."""
     root = fake_fb(tmp_path, width=4, height=3, backlight=("gpio-backlight", 1))
-    driver = opened(root)
-    driver.set_brightness(1)
+    driver = opened(root, brightness=100)
+    assert driver.brightness_mode == "backlight switch and software"
+    frame = to_pixels(palette_image(), "RGB565")
+    driver.show(frame)
+    assert device(root) == frame
+    driver.set_brightness(20)
     assert brightness_file(root, "gpio-backlight") == "1\n"
+    assert device(root) == pixels.scale(frame, 4, 3, "RGB565", 20)
+    driver.show(frame)
+    assert device(root) == pixels.scale(frame, 4, 3, "RGB565", 20)  # every frame
     driver.set_brightness(0)
     assert brightness_file(root, "gpio-backlight") == "0\n"
+    assert device(root) == bytes(24)
+    driver.set_brightness(100)
+    assert brightness_file(root, "gpio-backlight") == "1\n"
+    assert device(root) == frame
+    checks = by_name(framebuffer.preflight(cfg(), root=root))
+    assert checks["backlight"].status == "pass"
+    assert "on or off only" in checks["backlight"].reason
+    assert "scaled in software" in checks["backlight"].reason
+
+
+def test_a_backlight_without_levels_is_no_backlight(tmp_path):
+    """fbtft registers a backlight with max_brightness 0 for led_pin (the README's ILI9341
+    line): nothing to set, so brightness is done in software and the LCD lights up."""
+    root = fake_fb(tmp_path, width=4, height=3, backlight=("fb_ili9341", 0))
+    checks = by_name(framebuffer.preflight(cfg(), root=root))
+    assert checks["backlight"].status == "skip", checks["backlight"]
+    assert "no brightness levels" in checks["backlight"].reason
+    assert "scaled in software" in checks["backlight"].reason
+    assert not any(c.status == "fail" for c in checks.values())
+    driver = opened(root, brightness=100)
+    assert driver.brightness_mode == "software"
+    frame = to_pixels(palette_image(), "RGB565")
+    driver.show(frame)
+    driver.set_brightness(50)
+    assert device(root) == pixels.scale(frame, 4, 3, "RGB565", 50)
+    assert brightness_file(root) == "0\n", "left alone"
+    # named explicitly, the same
+    assert opened(root, framebuffer_backlight="fb_ili9341").brightness_mode == "software"
 
 
 def test_backlight_choice(tmp_path):

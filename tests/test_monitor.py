@@ -316,3 +316,21 @@ def test_a_failing_step_does_not_stop_the_others(fast_app, caplog):
     wait_for(lambda: app.monitor.ticks >= ticks + 3)
     assert any("sensor on fire" in (r.exc_text or "") or r.exc_info for r in caplog.records)
     assert app.monitor.stale == ()  # the watchdog step still ran
+
+
+def test_freed_memory_is_given_back_after_start_up_and_after_each_decode(fast_app,
+                                                                         monkeypatch):
+    from loop.system import memory
+    assert memory.trim() is True  # glibc: malloc_trim is there and runs
+    calls = []
+    monkeypatch.setattr(memory, "trim", lambda: calls.append(1) or True)
+    app = fast_app()
+    wait_for(lambda: calls == [1])  # the first round, after start-up
+    ticks = app.monitor.ticks
+    wait_for(lambda: app.monitor.ticks >= ticks + 3)
+    assert calls == [1]  # idle: nothing since
+    Client(app.server.port).post("/api/media?name=a.png", body=png_bytes())
+    wait_for(lambda: len(calls) == 2)
+    ticks = app.monitor.ticks
+    wait_for(lambda: app.monitor.ticks >= ticks + 3)
+    assert len(calls) == 2  # once per finished decode, not every round

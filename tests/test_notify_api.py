@@ -331,3 +331,16 @@ def test_an_off_rule_darkens_the_panel_until_morning(make_app, show):
         {"start": "22:00", "end": "07:00", "brightness": 5, "show": "dark"}]})
     assert bad.status == 422 and "rules[0].show" in bad.json["message"]
     assert FONTS  # the module's fonts loaded once for the suite
+
+
+def test_the_night_clock_is_drawn_only_once_a_rule_wants_it(make_app):
+    wall = Wall(datetime(2026, 7, 1, 12, 0, 5, tzinfo=BERLIN))
+    app = make_app(wall=wall, **{"schedule.timezone": "Europe/Berlin"})
+    client = Client(app.server.port)
+    assert app.player.night_clock is None  # no night rule: no fonts, no glyphs in memory
+    rules = {"rules": [{"name": "day", "start": "11:00", "end": "13:00", "brightness": 50,
+                        "show": "clock"}]}
+    assert client.put("/api/schedule", json_body=rules).status == 200
+    wait_for(lambda: app.player.night_clock is not None)
+    wait_for(lambda: panel(client).tobytes() ==
+             clock_on_panel("12:00", (255, 48, 0)).tobytes())

@@ -59,13 +59,15 @@ def test_failing_panel_degrades_to_headless_and_recovers(make_app, fake):
     client = Client(app.server.port)
     client.upload([("a.gif", gif_bytes(delays=(30, 30, 30), size=(64, 32)))])
     wait_for(lambda: fake.state.swaps > 3)
-    fake.state.fail_after_swaps = fake.state.swaps  # the panel dies
+    # The one exception the binding raises out of a frame call (a real panel fault never
+    # reaches the library; a slow refresh does: tests/test_simulated_pi.py) from now on.
+    fake.state.fail_after_swaps = fake.state.swaps
     wait_for(lambda: status(client)["display"]["breaker"] == "open")
     data = status(client)
     assert data["display"]["status"] == "degraded"
     health = client.get("/api/poll/health").data
     assert health["status"] == "degraded"
-    assert "fake panel failure" in health["checks"]["display"]["reason"]
+    assert "Canvas was destroyed or not initialized" in health["checks"]["display"]["reason"]
     # playback goes on without the panel: the preview keeps moving
     shown = app.player.frames_shown
     wait_for(lambda: app.player.frames_shown > shown + 5)

@@ -267,7 +267,12 @@ def test_a_full_receiver_queue_blocks_nothing(start_app, tmp_path):
 # ---- the real process ---------------------------------------------------------------------
 def test_a_hung_panel_silences_the_watchdog_of_the_real_process(tmp_path, services):
     """What systemd sees: READY, regular pings, the panel wedges, the pings stop; its
-    SIGABRT then leaves every thread's stack (the driver call included) in the journal."""
+    SIGABRT then leaves every thread's stack (the driver call included) in the journal.
+
+    The LED binding's SwapOnVSync keeps the GIL while it waits for the refresh (the fake does
+    as the real one: tests/hwsim/FINDINGS.md section 6), so a hung refresh freezes the whole
+    interpreter: no stale-heartbeat log, no STATUS line, no HTTP answer. The watchdog, from
+    outside the process, is the only way out, by design."""
     receiver = Receiver(str(tmp_path / "notify"))
     try:
         control = tmp_path / "panel-control"  # the fake binding obeys this file's content
@@ -282,14 +287,18 @@ def test_a_hung_panel_silences_the_watchdog_of_the_real_process(tmp_path, servic
         assert display["driver"] == "rgbmatrix"
 
         control.write_text("hang")  # from now on SwapOnVSync never returns
-        # a brightness change redraws the frame: the display thread walks into the hang
-        service.client.put("/api/display", json_body={"brightness": 50})
-        stuck = receiver.wait_message(lambda m: m.startswith("STATUS=stuck"), timeout=10)
-        assert "display" in stuck
+        # a brightness change redraws the frame: the display thread walks into the hang (the
+        # reply may or may not leave before everything stops)
+        try:
+            service.client.put("/api/display", json_body={"brightness": 50}, timeout=3)
+        except OSError:
+            pass
         assert silent_for(receiver, 5 * PING_SEC)  # > WatchdogSec: systemd would act now
-        assert service.client.get("/api/poll/health").data["healthy"] is False
+        with pytest.raises(OSError):  # frozen: not even health answers
+            service.client.get("/api/poll/health", timeout=2)
+        assert not [s for s in receiver.statuses() if s.startswith("stuck")]
+        assert "heartbeat stale" not in service.stderr()  # the monitor is frozen too
 
-        assert "heartbeat stale: display" in service.stderr()
         service.proc.send_signal(signal.SIGABRT)  # systemd's default WatchdogSignal
         # faulthandler walks the other threads' stacks while they run; its docs call that
         # best effort, and under load the interpreter can fault part way through the dump

@@ -162,6 +162,15 @@ class EmulatorDriver(RGBMatrixDriver):
             # The package calls sys.exit(1) when no display adapter loads.
             raise DisplayError(f"the emulator failed to start: {exc!r}") from exc
 
+    def _refusal(self) -> str | None:
+        return None  # no GPIO, no C library: the emulator takes any geometry
+
+    def _holds_null(self, matrix) -> bool:
+        return False  # a Python object; a failure raises
+
+    def _has_option(self, options, key: str) -> bool:
+        return hasattr(options, key)  # a plain object: its options are instance attributes
+
     def _prepare(self, options) -> None:
         adapter = getattr(options, "display_adapter", None)
         if isinstance(adapter, type) and adapter.__name__ == "BrowserAdapter":

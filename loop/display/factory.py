@@ -21,6 +21,7 @@ logger = logging.getLogger("loop.display")
 
 RESET_HINT = "POST /api/display/reset to try again"
 
+
 def _headless(display_cfg, reason: str | None, log_: logging.Logger):
     if reason:
         log_.warning("display: running headless: %s", reason)
@@ -113,7 +114,7 @@ def open_driver(display_cfg, data_dir: str, *, root: str = "/", euid: int | None
     reason = failed_reason(preflight(display_cfg, root=root, euid=euid, module=module))
     if reason:
         return _headless(display_cfg, reason, log_)
-    driver = RGBMatrixDriver(display_cfg, module, user=user)
+    driver = RGBMatrixDriver(display_cfg, module, user=user, root=root, euid=euid)
     return _open_guarded(driver, display_cfg, data_dir, log_)
 
 

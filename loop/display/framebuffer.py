@@ -14,11 +14,14 @@ size, the device's size turned by the rotation: that is what media is fitted to.
 
 Brightness goes to /sys/class/backlight/<name>/brightness (scaled to its `max_brightness`)
 when the panel has a backlight there, opened once at open() so it still works after LOOP drops
-root; 0 turns the backlight off. Without one, brightness is applied in software: at 100 % a
-frame is a plain copy, below 100 % every frame costs one extra Pillow pass (pixels.scale:
-about 1.3 ms for 320x240 RGB565 on one desktop x86 core, several times that on a Pi Zero 2 W;
-the self-test's frame-write time includes it) and a frame-sized buffer, and the unscaled
-current frame is kept so a brightness change can redraw it; 0 blanks the screen.
+root; 0 turns the backlight off. A backlight with fewer than two levels is no dimmer: fbtft
+registers one with `max_brightness` 0 for `led_pin` (nothing to set: software only), a GPIO
+backlight has `max_brightness` 1 (a switch: 0 turns it off, anything else on, and the pixels
+are scaled in software below 100 %). Without a usable one, brightness is applied in software:
+at 100 % a frame is a plain copy, below 100 % every frame costs one extra Pillow pass
+(pixels.scale: about 1.3 ms for 320x240 RGB565 on one desktop x86 core, several times that on
+a Pi Zero 2 W; the self-test's frame-write time includes it) and a frame-sized buffer, and the
+unscaled current frame is kept so a brightness change can redraw it; 0 blanks the screen.
 
 `root` ("/" in production) is prepended to every path, /dev and /sys alike, so tests run the
 whole driver against a fake tree: a regular file stands in for the device (accepted only when
@@ -91,6 +94,11 @@ class Backlight:
     name: str
     path: str  # .../brightness inside root
     max_brightness: int
+
+    @property
+    def dims(self) -> bool:
+        """More than on and off: brightness between them can be set."""
+        return self.max_brightness >= 2
 
 
 @dataclass
@@ -326,8 +334,8 @@ def find_backlight(setting: str, root: str, fb_label: str = "") -> tuple[Backlig
                         f"/sys/class/backlight/{chosen}/max_brightness")
     except (OSError, ValueError) as exc:
         raise LookupError(f"backlight {chosen}: cannot read max_brightness ({exc})") from None
-    if most < 1:
-        raise LookupError(f"backlight {chosen}: max_brightness is {most}")
+    if most < 1:  # fbtft's led_pin backlight: registered, but nothing to set
+        return None, (f"backlight {chosen} has no brightness levels (max_brightness {most})")
     return Backlight(chosen, os.path.join(folder, "brightness"), most), ""
 
 
@@ -347,6 +355,10 @@ def _backlight_check(cfg, root: str, info: FbInfo, euid: int) -> tuple[Check, Ba
                      f"{software}",
                      "run as root; under systemd `make install` adds a loop.service.d "
                      "drop-in that allows it (re-run it after enabling the overlay)"), None
+    if not light.dims:
+        return Check("backlight", PASS, f"/sys/class/backlight/{light.name} is on or off only "
+                     f"(max_brightness {light.max_brightness}): it switches the light, and "
+                     f"{software}"), light
     return Check("backlight", PASS, f"/sys/class/backlight/{light.name} (0..."
                  f"{light.max_brightness})"), light
 
@@ -430,7 +442,13 @@ class FramebufferDriver(Driver):
 
     @property
     def brightness_mode(self) -> str:
-        return "backlight" if self._light_fd is not None else "software"
+        if self._light_fd is None:
+            return "software"
+        return "backlight" if self.backlight.dims else "backlight switch and software"
+
+    @property
+    def _scales_in_software(self) -> bool:
+        return self._light_fd is None or not self.backlight.dims
 
     # -- open / close ----------------------------------------------------------------------
     def open(self) -> None:
@@ -528,7 +546,7 @@ class FramebufferDriver(Driver):
                 raise ValueError(f"frame has {view.nbytes} bytes; the framebuffer needs "
                                  f"{self.frame_bytes} ({self.width}x{self.height} "
                                  f"{self.pixel_format})")
-            if self._light_fd is None and self.brightness < 100:
+            if self._scales_in_software and self.brightness < 100:
                 self._source = view.tobytes()
                 if self.brightness > 0:
                     self._blit(self._scaled(self._source, self.brightness))
@@ -538,15 +556,17 @@ class FramebufferDriver(Driver):
         self.frames_shown += 1
 
     def set_brightness(self, percent: int) -> None:
-        """Backlight when there is one (0 = off), else redraw the current frame scaled."""
+        """Backlight when there is one (0 = off); redraw the current frame scaled when there
+        is none, or when it only switches."""
         percent = check_percent(percent)
         self._require_open()
         previous, self.brightness = self.brightness, percent
         if self._light_fd is not None:
-            level = 0 if percent == 0 else max(1, round(percent * self.backlight.max_brightness
-                                                        / 100))
+            most = self.backlight.max_brightness
+            level = 0 if percent == 0 else max(1, round(percent * most / 100))
             _write_attr(self._light_fd, level)
-            return
+            if self.backlight.dims:
+                return
         if self._source is None and previous == 100:
             self._source = self._read_back()  # the device held it unscaled
         if self._source is None:

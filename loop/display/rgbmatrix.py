@@ -1,12 +1,23 @@
 """The LED matrix driver: hzeller's `rpi-rgb-led-matrix` Python binding (module `rgbmatrix`).
 
 Exactly two canvases for the life of the process: the one `CreateFrameCanvas()` returns and
-the matrix's own; `canvas = matrix.SwapOnVSync(canvas)` flips them. The checks that must pass
-before `RGBMatrix(...)` is called live in loop/display/preflight.py.
+the matrix's own; `canvas = matrix.SwapOnVSync(canvas)` flips them. The library allocates a
+framebuffer per `CreateFrameCanvas()` and frees none until the matrix goes, so asking again
+would grow without bound.
+
+What the binding does, measured (tests/hwsim/FINDINGS.md): it never raises for a bad
+configuration. The checks in loop/display/preflight.py run right before `RGBMatrix(...)`, and
+a matrix the library refused anyway (it holds NULL: any call but `SetImage` on it is a
+SIGSEGV, and so is freeing it) is recognised, kept alive for good and turned into a
+DisplayError. Reading an option before setting it can be a SIGSEGV too (`panel_type` and
+`pixel_mapper_config` are NULL C strings until set), so options are only ever written.
+`SwapOnVSync` holds the GIL while it waits for the refresh thread: a stalled refresh freezes
+every Python thread of the process, and only the systemd watchdog gets it out.
 """
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import importlib
 import logging
@@ -14,19 +25,23 @@ import pwd
 
 from PIL import Image
 
+from loop.display import preflight
 from loop.display.base import DisplayError, Driver, check_percent, frame_copy, panel_size
 
 logger = logging.getLogger("loop.display")
 
 
-# Option names every binding version has (the ones the C library had from the start).
+# The options LOOP sets, as the binding of the pinned commit (8907235) names them. The first
+# group every binding has; the second came later: whether this binding has one is asked of
+# its class, never of an options object (that would read it: see above).
 _CORE_OPTIONS = ("rows", "cols", "chain_length", "parallel", "hardware_mapping", "pwm_bits",
                  "pwm_lsb_nanoseconds", "scan_mode", "row_address_type", "multiplexing",
                  "led_rgb_sequence", "pixel_mapper_config", "disable_hardware_pulsing",
                  "gpio_slowdown")
-# Newer options: set only when the installed binding knows them (an older Cython class has
-# no such attribute and would raise AttributeError).
 _NEWER_OPTIONS = ("pwm_dither_bits", "panel_type", "limit_refresh_rate_hz")
+# The binding's one runtime exception for a canvas without a framebuffer (core.pyx).
+_NULL_CANVAS = "Canvas was destroyed or not initialized"
+_NOTHING = Image.new("RGB", (0, 0))  # drawn to find out whether a matrix holds NULL
 
 
 def import_rgbmatrix():
@@ -52,19 +67,27 @@ def _service_account(user: str | None, group: str | None) -> tuple[str, str] | N
     return user, group
 
 
+def _keep_forever(matrix) -> None:
+    """A matrix holding NULL kills the process when it is freed (its __dealloc__ calls
+    Clear() on NULL), even at interpreter exit: one reference nobody ever drops."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(matrix))
+
+
 class RGBMatrixDriver(Driver):
     """hzeller's binding. `module` is injectable (tests, the emulator); None imports
     `rgbmatrix` at open(). `user`/`group` name the service account the library drops root
-    to once the hardware is open (`display.drop_privileges`)."""
+    to once the hardware is open (`display.drop_privileges`). `root` and `euid` are what the
+    pre-flight looks at (tests pass a fake tree)."""
 
     name = "rgbmatrix"
 
     def __init__(self, display_cfg, module=None, *, user: str | None = None,
-                 group: str | None = None):
+                 group: str | None = None, root: str = "/", euid: int | None = None):
         super().__init__(*panel_size(display_cfg))
         self.cfg = display_cfg
         self.module = module
         self.user, self.group = user, group
+        self.root, self.euid = root, euid
         self.brightness = display_cfg.brightness
         self.options = None
         self._matrix = None
@@ -73,7 +96,7 @@ class RGBMatrixDriver(Driver):
 
     # -- open ----------------------------------------------------------------------------
     def open(self) -> None:
-        """Build the options, construct the matrix and the one extra canvas."""
+        """Pre-flight, build the options, construct the matrix and the one extra canvas."""
         if self._matrix is not None:
             return  # a second open must not create more canvases
         module = self.module if self.module is not None else import_rgbmatrix()
@@ -81,10 +104,19 @@ class RGBMatrixDriver(Driver):
         self._open_with(module)
 
     def _open_with(self, module) -> None:
+        reason = self._refusal()
+        if reason:
+            raise DisplayError(reason)
         try:
             options = self._build_options(module)
             self._prepare(options)
             matrix = module.RGBMatrix(options=options)
+            if self._holds_null(matrix):
+                _keep_forever(matrix)
+                raise DisplayError(
+                    f"the {self.name} library refused the panel although the pre-flight "
+                    "passed (its own message is in the log just before this one); LOOP runs "
+                    "without it")
             canvas = matrix.CreateFrameCanvas()
             width, height = matrix.width, matrix.height
         except DisplayError:
@@ -97,20 +129,42 @@ class RGBMatrixDriver(Driver):
         if self.brightness == 0:
             matrix.Clear()
 
+    def _refusal(self) -> str | None:
+        """Why the library would refuse this config on this machine (the pre-flight, run
+        again right before the library gets control), or None."""
+        return preflight.failed_reason(preflight.preflight(
+            self.cfg, root=self.root, euid=self.euid, module=self.module))
+
+    def _holds_null(self, matrix) -> bool:
+        """Whether the library handed back a matrix without a matrix in it. SetImage is the
+        one call that checks for NULL first (it raises); drawing nothing costs nothing."""
+        try:
+            matrix.SetImage(_NOTHING)
+        except Exception as exc:
+            if _NULL_CANVAS in str(exc):
+                return True
+            raise
+        return False
+
+    def _has_option(self, options, key: str) -> bool:
+        """Whether this binding has the option `key`: asked of the Cython class, whose
+        properties live there; never of the object (reading `panel_type` before it is set is
+        a SIGSEGV, and `hasattr` reads)."""
+        return hasattr(type(options), key)
+
     def _prepare(self, options) -> None:
         """Hook for subclasses to adjust the options object before the matrix exists."""
 
     def _build_options(self, module):
+        """A fresh options object with every option LOOP knows written, none read."""
         cfg = self.cfg
         options = module.RGBMatrixOptions()
         for key in _CORE_OPTIONS:
             setattr(options, key, getattr(cfg, key))
-        # The C library accepts only the upper-case sequence; config allows any case.
-        options.led_rgb_sequence = cfg.led_rgb_sequence.upper()
-        # Its Validate() rejects 0 ("1..100"); brightness 0 means off and is done by Clear().
-        options.brightness = max(1, cfg.brightness)
+        # Validate() takes 1..100; LOOP's 0 means off, which is Clear() once open.
+        options.brightness = min(100, max(1, cfg.brightness))
         for key in _NEWER_OPTIONS:
-            if hasattr(options, key):
+            if self._has_option(options, key):
                 setattr(options, key, getattr(cfg, key))
             elif getattr(cfg, key):
                 logger.warning("this %s binding has no option %s; %s=%r is ignored",
@@ -120,9 +174,11 @@ class RGBMatrixDriver(Driver):
 
     def _set_privilege_drop(self, options) -> None:
         # The C library's default is drop_privileges=1 to the user "daemon", which could not
-        # write our data directory: always set it, and only to an account that exists.
+        # write our data directory, and a name it cannot look up leaves it root (or uid 0
+        # with the new gid): always set it, to an account that exists, or turn it off.
         account = _service_account(self.user, self.group) if self.cfg.drop_privileges else None
-        can_name = hasattr(options, "drop_priv_user") and hasattr(options, "drop_priv_group")
+        can_name = self._has_option(options, "drop_priv_user") and \
+            self._has_option(options, "drop_priv_group")
         if account and can_name:
             options.drop_priv_user, options.drop_priv_group = account
             options.drop_privileges = 1
@@ -131,10 +187,10 @@ class RGBMatrixDriver(Driver):
         if self.cfg.drop_privileges and self.user and not account:
             logger.warning("service user %r does not exist; the panel library keeps root",
                            self.user)
-        elif self.cfg.drop_privileges and account and not can_name:
+        elif self.cfg.drop_privileges and account:
             logger.warning("this %s binding cannot drop to a named user; LOOP drops "
                            "privileges itself", self.name)
-        if hasattr(options, "drop_privileges"):
+        if self._has_option(options, "drop_privileges"):
             options.drop_privileges = 0
         self.drops_privileges = False
 
@@ -190,20 +246,3 @@ class RGBMatrixDriver(Driver):
                 matrix.Clear()
             except Exception:  # closing a failed panel must not stop a shutdown
                 logger.exception("clearing the panel at close failed")
-
-
-# ---- emulator -----------------------------------------------------------------------------
-
-
-# ---- pre-flight ---------------------------------------------------------------------------
-
-
-# ---- crash marker -------------------------------------------------------------------------
-
-
-# ---- panel lock -----------------------------------------------------------------------------
-
-
-# ---- choosing a driver --------------------------------------------------------------------
-
-

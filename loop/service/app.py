@@ -114,6 +114,7 @@ class App:
         self._was_root = os.geteuid() == 0
         self.privileges = {"user": None, "dropped": False, "reason": None}
         self.realtime = {"priority": 0, "reason": "the display thread has not started"}
+        self._night_clock_drawn = False  # see _apply_show
         self.player: Player | None = None
         self.monitor: Monitor | None = None
         self.mqtt = None  # the MQTT front (loop/mqtt/front.py) when mqtt.enabled
@@ -148,7 +149,9 @@ class App:
                              notifications=self.notifications, wall=self.wall, zone=self.zone,
                              on_start=self._display_thread_priority)
         self.player.show_mode = boot.wanted.show
-        self.player.night_clock = self.night_clock()
+        if boot.wanted.show == "clock":  # else drawn when a rule first wants it (memory)
+            self.player.night_clock = self.night_clock()
+            self._night_clock_drawn = True
         self.monitor = Monitor(self, self.notifier)
         self._baseline_rss = psutil.Process().memory_info().rss
         self.job_slots.set_capacity(*budget.capacity_for(self.cfg.system.memory_limit_mb,
@@ -279,7 +282,8 @@ class App:
         self.intake.cfg = self.cfg
         if self.player is not None:
             self.player.cfg = self.cfg
-            if (old_flat["schedule.clock_format"], old_flat["schedule.clock_color"]) != \
+            if self._night_clock_drawn and \
+                    (old_flat["schedule.clock_format"], old_flat["schedule.clock_color"]) != \
                     (new_flat["schedule.clock_format"], new_flat["schedule.clock_color"]):
                 self.player.command("night_clock", face=self.night_clock(), wait=False)
         self.notifications.capacity = self.cfg.notify.max_queued
@@ -422,9 +426,18 @@ class App:
             self.player.command("brightness", value=value, remember=False, wait=False)
 
     def _apply_show(self, show: str) -> None:
-        """The schedule rule's `show` (loop, clock, off), like its brightness."""
-        if self.player is not None:
-            self.player.command("show", show=show, wait=False)
+        """The schedule rule's `show` (loop, clock, off), like its brightness. The night clock
+        is drawn the first time a rule wants it, on a thread of its own: fonts and glyphs
+        cost memory a LOOP without night rules never needs, and drawing is no work for the
+        monitor thread (the panel stays dark the moment it takes)."""
+        if self.player is None:
+            return
+        if show == "clock" and not self._night_clock_drawn:
+            self._night_clock_drawn = True
+            threading.Thread(target=lambda: self.player.command(
+                "night_clock", face=self.night_clock(), wait=False), name="night-clock",
+                daemon=True).start()
+        self.player.command("show", show=show, wait=False)
 
     # ---- notifications (HTTP and MQTT alike) -------------------------------------------
     def notify(self, fields: dict, receive=None) -> tuple[dict, bool]:

@@ -364,7 +364,7 @@ def _open(cfg, driver_name: str, root: str, module):
     user = service_user(cfg)
     if driver_name == "rgbmatrix":
         module = module if module is not None else rgbmatrix.import_rgbmatrix()
-        return rgbmatrix.RGBMatrixDriver(cfg.display, module, user=user)
+        return rgbmatrix.RGBMatrixDriver(cfg.display, module, user=user, root=root)
     if driver_name == "emulator":
         return emulator.EmulatorDriver(cfg.display, module, work_dir=cfg.system.data_dir,
                                        user=user)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from loop.system import memory
 from loop.system.soc import (
     THROTTLE_BITS,
     read_temperature,
@@ -177,6 +178,7 @@ class Monitor(threading.Thread):
         self.shedding: str | None = None  # why new uploads get 503, read per upload
         self.shed_uploads = 0  # uploads refused because of it (for /metrics)
         self.gc_runs = 0
+        self._trimmed_after = -1  # finished jobs at the last malloc_trim (-1: trim once first)
         self.ticks = 0
         self.tmp_removed = 0
         self.status_line = ""
@@ -344,6 +346,7 @@ class Monitor(threading.Thread):
             self._last_gc = sample.time
             self.gc_runs += 1
             freed = gc.collect()
+            memory.trim()
             log.info("memory over a line (%s); gc.collect() freed %d objects", reason, freed)
         if reason != self.shedding:
             if reason and not self.shedding:
@@ -355,6 +358,10 @@ class Monitor(threading.Thread):
     # ---- housekeeping ------------------------------------------------------------------
     def _housekeeping(self, now: float) -> None:
         self.app.jobs.expire()
+        finished = sum(self.app.jobs.outcomes.values())
+        if finished != self._trimmed_after:  # a decode ended: give its memory back
+            self._trimmed_after = finished
+            memory.trim()
         limiter = getattr(self.app.server, "limiter", None)
         if limiter is not None and hasattr(limiter, "evict_idle"):
             limiter.evict_idle()
