@@ -77,6 +77,10 @@ def test_empty_library_points_to_the_picker_not_to_a_direction(browser, loop):
 def test_offline_greys_live_state_says_since_when_and_recovers_by_itself(browser, loop):
     loop.upload("offline.gif", make_gif()[0])
     loop.call("POST", "/api/playback/play")
+    # a message in the queue: its dismiss button cannot work offline
+    assert loop.call("POST", "/api/notify", json_body={
+        "text": "before the outage", "priority": "low", "duration_sec": 600,
+        "id": "outage"}).status == 201
     # a phone in another zone, with a 12-hour locale: the time shown is still the device's,
     # on the device's 24-hour clock (as the schedule's times are)
     ui = dash.new_page(browser, locale="en-US", timezone_id="Pacific/Chatham", **PHONE)
@@ -87,6 +91,7 @@ def test_offline_greys_live_state_says_since_when_and_recovers_by_itself(browser
         page.wait_for_function(
             "() => document.querySelector('#health-status').dataset.status === 'ok'")
         page.evaluate("window.__sameDocument = true")
+        page.wait_for_selector('[data-testid="notify-entry"][data-id="outage"]')
         preview = page.locator("#preview-box")
         assert preview.evaluate("el => getComputedStyle(el).opacity") == "1"
 
@@ -106,8 +111,13 @@ def test_offline_greys_live_state_says_since_when_and_recovers_by_itself(browser
         assert page.locator("#player-state").inner_text() == "Not known while offline"
         assert page.locator("#health-status").get_attribute("data-status") == "unknown"
         assert "not answering" in page.locator("#health-verdict").inner_text()
-        for control in ("#btn-play", "#btn-next", "#mode-select", "#brightness"):
+        for control in ("#btn-play", "#btn-next", "#mode-select", "#brightness",
+                        '[data-testid="notify-entry"][data-id="outage"] '
+                        '[data-testid="notify-dismiss"]'):
             assert page.locator(control).is_disabled(), control
+        queue = page.locator("#notify-queue-box").evaluate(
+            "el => [getComputedStyle(el).opacity, getComputedStyle(el).filter]")
+        assert float(queue[0]) < 1 and "grayscale" in queue[1], queue
         style = preview.evaluate(
             "el => [getComputedStyle(el).opacity, getComputedStyle(el).filter]")
         assert float(style[0]) < 1 and "grayscale" in style[1], style
@@ -132,6 +142,9 @@ def test_offline_greys_live_state_says_since_when_and_recovers_by_itself(browser
             "() => document.querySelector('#health-status').dataset.status === 'ok'")
         assert page.locator("#health-pill").is_visible()
         assert page.locator("#btn-play").is_enabled()
+        # messages are transient: the restart dropped the one that waited
+        page.wait_for_selector('[data-testid="notify-entry"]', state="detached")
+        assert page.locator("#notify-queue-box").is_hidden()
         assert preview.evaluate("el => getComputedStyle(el).opacity") == "1"
         # and it keeps working: a change made elsewhere shows up
         id_ = loop.upload("after-restart.gif", make_gif()[0])

@@ -20,6 +20,9 @@
  *   #preview  (data-testid=preview)  <img>, src is a blob: URL of /api/display/frame.png;
  *                               data-item, data-frame, data-seq (bumps on every new image)
  *   #current-name (current-name) current item's name;  #player-state (player-state)
+ *   #now-notice (now-notice)    [hidden] unless something covers the loop: a message
+ *                               (data-cover=notification, data-id = its id) or a night rule's
+ *                               clock / dark panel (data-cover=clock|off); one sentence
  *   #btn-prev, #btn-play, #btn-next   (same data-testid); #btn-play text Play|Pause,
  *                               data-state = playing | paused | idle
  *   #mode-select                <select> all | one | shuffle
@@ -35,16 +38,29 @@
  *                               [data-testid=upload-cancel] / [data-testid=upload-retry]
  *                               (only when retrying can help) / [data-testid=upload-dismiss]
  *                               server-side jobs not started here: li[data-testid=job-row]
+ *   #add-text, #add-clock       (same data-testid; aria-expanded) open the forms
+ *                               form#new-text-form [data-testid=new-text-form]:
+ *                                 new-text-text, new-text-color, new-text-background,
+ *                                 new-text-scroll (auto|always|never), new-text-speed,
+ *                                 new-text-save, new-text-cancel, new-text-message
+ *                               form#new-clock-form [data-testid=new-clock-form]:
+ *                                 new-clock-format (HH:MM|H:MM|hh:MM|h:MM), new-clock-seconds
+ *                                 (checkbox), new-clock-color, new-clock-background,
+ *                                 new-clock-save, new-clock-cancel, new-clock-message
+ *                               (a field the server names gets aria-invalid=true and the
+ *                               message says the field's label with the server's reason)
  *   #library                    holds ul#library-loop (loop order) and ul#library-other
  *   #library-empty              shown when there are no items; #library-empty-add opens the
  *                               file picker
  *   item cards                  li[data-testid=item-card][data-id][data-in-loop=true|false]
- *                               [data-current=true|false][data-sheet=rename|timing|""]; inside:
+ *                               [data-kind][data-current=true|false]
+ *                               [data-sheet=rename|timing|edit|""]; inside:
  *                               [data-testid=item-thumb] <img loading=lazy>,
  *                               [data-testid=item-name], [data-testid=item-timing-summary],
  *                               [data-testid=item-up], [data-testid=item-down],
  *                               [data-testid=item-toggle] (aria-pressed = in loop),
- *                               [data-testid=item-show], [data-testid=item-download] <a>,
+ *                               [data-testid=item-show], [data-testid=item-download] <a>
+ *                               (not on text and clock items: [data-testid=item-edit] instead),
  *                               [data-testid=item-delete] (asks window.confirm first),
  *                               [data-testid=item-rename] opens a full-width form:
  *                                 item-rename-input, item-rename-save, item-rename-cancel,
@@ -52,6 +68,12 @@
  *                               [data-testid=item-timing] opens the play-time form:
  *                                 item-loop-count (animations only), item-duration,
  *                                 item-timing-save, item-timing-cancel, item-timing-message
+ *                               [data-testid=item-edit] (text and clock items) opens the edit
+ *                                 form: item-edit-text, item-edit-scroll, item-edit-speed
+ *                                 (text) or item-edit-format, item-edit-seconds (clock);
+ *                                 item-edit-color, item-edit-background, item-edit-save,
+ *                                 item-edit-cancel, item-edit-message. Saved, the item has a
+ *                                 new id: the same card (the same element) takes it.
  *   #health-status              data-status = ok | degraded | failing | unknown
  *   #health-verdict             one sentence; #health-memory #health-disk #health-temp
  *                               #health-panel-state: the four facts, in MB/GB and °C
@@ -61,6 +83,7 @@
  *                               #health-checks li[data-check=<name>][data-status]
  *   #schedule-panel #maintenance-panel  filled by operator.js (its own list of hooks is at
  *                               the top of that file)
+ *   #notify-panel               the message box and the queue: notify.js (hooks at its top)
  * ---------------------------------------------------------------------------------------
  *
  * Polling (one request in flight per endpoint, slower while the tab is hidden):
@@ -202,9 +225,35 @@
     return String(date.getHours()).padStart(2, "0") + ":" + String(date.getMinutes()).padStart(2, "0");
   }
 
+  // "14:03" today, else "Tue 14:03" (within a week either way) or "2024-06-11 14:03", by the
+  // calendar of LOOP's time zone: a message may wait or expire days from now.
+  function clockDay(date) {
+    const zone = status && status.schedule && status.schedule.timezone;
+    let day = (d) => d.getFullYear() + "-" + String(d.getMonth() + 1).padStart(2, "0") + "-" +
+      String(d.getDate()).padStart(2, "0");
+    try {
+      const fmt = new Intl.DateTimeFormat("en-CA", { year: "numeric", month: "2-digit",
+        day: "2-digit", timeZone: zone || undefined });
+      day = (d) => fmt.format(d);           // en-CA writes YYYY-MM-DD
+    } catch (e) { /* an unknown zone name: the browser's own calendar */ }
+    const then = day(date);
+    if (then === day(new Date())) return clock(date);
+    const apart = Math.abs(Date.parse(then) - Date.parse(day(new Date()))) / 86400000;
+    const weekday = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"][new Date(then + "T12:00:00Z").getUTCDay()];
+    return (apart < 7 ? weekday : then) + " " + clock(date);
+  }
+
   // A tiny event bus: the operator panels subscribe instead of patching the pollers.
   const listeners = {};
-  function on(name, fn) { (listeners[name] = listeners[name] || []).push(fn); }
+  function on(name, fn) {
+    (listeners[name] = listeners[name] || []).push(fn);
+    // "status" is a state, not a moment: a panel whose script ran after the first answer
+    // came (deferred scripts run in order; app.js polls at once) gets the last snapshot now,
+    // or it would wait for the next change (until then every poll is a 304).
+    if (name === "status" && status) {
+      try { fn(status); } catch (err) { console.error("LOOP dashboard:", name, err); }
+    }
+  }
   function emit(name, payload) {
     for (const fn of listeners[name] || []) {
       try { fn(payload); } catch (err) { console.error("LOOP dashboard:", name, err); }
@@ -227,6 +276,7 @@
   function beginAction() {
     clearTimeout(toastTimer);
     $("#message").hidden = true;
+    emit("action");     // the panels' own action messages go too (notify.js)
   }
 
   // ---------------------------------------------------------------- errors
@@ -365,6 +415,28 @@
     return String(err && err.message ? err.message : err);
   }
 
+  // The server names the field a 400 is about ("duration_sec: must be a number 0.1..86400");
+  // a person reads the label on the screen instead ("Seconds: must be a number 0.1 to
+  // 86400"). `labels` maps the API's field names to those labels. Returns {field, text};
+  // field is the API's name, or null when the message names none of `labels`.
+  function fieldProblem(err, labels) {
+    const tidy = (text) => String(text).replace(/(\d+(?:\.\d+)?)\.\.(\d+(?:\.\d+)?)/g, "$1 to $2");
+    const text = explain(err);
+    const match = err instanceof ApiError && /^([A-Za-z_]+(?:\.[A-Za-z_]+)?): ([\s\S]+)$/.exec(text);
+    if (!match || !Object.prototype.hasOwnProperty.call(labels, match[1])) {
+      return { field: null, text: tidy(text) };
+    }
+    return { field: match[1], text: labels[match[1]] + ": " + tidy(match[2]) };
+  }
+
+  // Marks the inputs of `fields` (API name -> input) valid, except `bad` (an API name).
+  function markInvalid(fields, bad) {
+    for (const [name, input] of Object.entries(fields)) {
+      if (name === bad) input.setAttribute("aria-invalid", "true");
+      else input.removeAttribute("aria-invalid");
+    }
+  }
+
   // Generic XHR sender with upload progress (fetch has none). Used by uploads now and meant
   // for the restore upload of issue 10. Resolves with {status, body, retryAfter}; status 0
   // means the connection failed; rejects only when aborted.
@@ -446,6 +518,7 @@
       conn.ticker = setInterval(renderConn, 1000);
       showLiveUnknown();
       enableLiveControls(false);
+      emit("offline");
     }
     renderConn();
   }
@@ -589,6 +662,7 @@
     setText(play, state === "playing" ? "Pause" : "Play");
     setAttr(play, "aria-label", state === "playing" ? "Pause" : "Play");
 
+    renderNowNotice(s);
     syncControls(player);
     if (display.fit) showFit(display.fit);    // a newer server may send it here
     renderBreaker();
@@ -600,7 +674,8 @@
     }
 
     const changed = !prev || !prev.player || prev.player.item !== player.item ||
-      prev.player.frame !== player.frame || prev.player.state !== player.state;
+      prev.player.frame !== player.frame || prev.player.state !== player.state ||
+      prev.player.notification !== player.notification || prev.player.show !== player.show;
     previewTick(changed);
 
     const libKey = JSON.stringify(s.library || null);
@@ -614,6 +689,42 @@
     emit("status", s);
   }
 
+  // What covers the loop: a message on the panel, or a night rule's clock or dark panel.
+  // The loop's own item and position stay shown above it: that is where it goes on after.
+  function renderNowNotice(s) {
+    const node = $("#now-notice");
+    const player = s.player || {};
+    const queue = (s.notifications && s.notifications.queue) || [];
+    const showing = player.notification || (s.notifications && s.notifications.showing) || null;
+    let cover = "";
+    let text = "";
+    if (showing) {
+      const note = queue.find((n) => n.id === showing) || {};
+      cover = "notification";
+      text = "A message covers the loop: " + noteLabel(note) +
+        (note.priority ? " (" + note.priority + " priority)" : "") +
+        ". The loop goes on where it was afterwards.";
+    } else if (player.show === "clock") {
+      cover = "clock";
+      text = "A night rule shows only the clock now; the loop goes on when it ends.";
+    } else if (player.show === "off") {
+      cover = "off";
+      text = "A night rule keeps the panel dark now; the loop goes on when it ends.";
+    }
+    node.hidden = !cover;
+    setAttr(node, "data-cover", cover);
+    setAttr(node, "data-id", showing || "");
+    setText(node, text);
+  }
+
+  // How a person recognises a notification: its text, or the item or picture it shows.
+  function noteLabel(note) {
+    if (note.kind === "text" && note.text) return "\u201c" + note.text + "\u201d";
+    if (note.kind === "item") return "the item \u201c" + (note.name || note.item || "?") + "\u201d";
+    if (note.kind === "upload") return "the picture \u201c" + (note.name || "image") + "\u201d";
+    return note.id ? "\u201c" + note.id + "\u201d" : "a message";
+  }
+
   // ---------------------------------------------------------------- preview
   // The image is fetched as a blob and swapped in only once complete: no flicker, one request
   // in flight, and no cache-busting query strings the server would have to tolerate.
@@ -622,7 +733,12 @@
 
   function previewTick(changed) {
     const player = (status && status.player) || {};
-    const animating = player.state === "playing" && (player.frames || 0) > 1;
+    // A message or a clock moves without the status changing (a marquee, the minutes):
+    // the preview follows them on every poll, as it does an animation.
+    const current = items.find((it) => it.id === player.item);
+    const animating = (player.state === "playing" && (player.frames || 0) > 1) ||
+      Boolean(player.notification) || player.show === "clock" ||
+      Boolean(current && current.kind === "clock" && player.show !== "off");
     // a failed fetch is retried on the next tick, even when the status did not change
     if (changed || animating || preview.failed || !preview.url) refreshPreview();
   }
@@ -910,12 +1026,32 @@
   async function patchItem(card, changes) {
     const res = await api("PATCH", "/api/media/" + encodeURIComponent(card.id), { json: changes });
     const updated = res.data && res.data.id ? res.data : null;
-    for (const it of items) {
-      if (it.id !== card.id) continue;
-      if (updated) Object.assign(it, updated); else Object.assign(it, changes);
+    if (updated) {
+      followItem(card, updated);
+    } else {
+      for (const it of items) if (it.id === card.id) Object.assign(it, changes);
+      renderLibrary();
     }
-    renderLibrary();
     pollers.status.poke();
+  }
+
+  // The server's answer for a card's item. An edited text or clock is a new item (its id is
+  // its content's hash) that took the old one's place in the loop: the same card, the same
+  // element (focus, scroll position, an open sheet) takes the new id. Had the edit made a
+  // text that was in the library already, that item's own card goes: it is this one now.
+  function followItem(card, updated) {
+    const oldId = card.id;
+    if (updated.id !== oldId) {
+      const twin = cards.get(updated.id);
+      if (twin && twin !== card) { twin.root.remove(); cards.delete(updated.id); }
+      items = items.filter((it) => it.id !== updated.id);
+      cards.delete(oldId);
+      card.id = updated.id;
+      cards.set(updated.id, card);
+      setAttr(card.root, "data-id", updated.id);
+    }
+    items = items.map((it) => (it.id === oldId ? Object.assign({}, it, updated) : it));
+    renderLibrary();
   }
 
   // ---- per-card sheets: the rename form and the play-time form, full card width
@@ -927,17 +1063,22 @@
   function openSheet(card, which) {
     beginAction();
     const r = card.refs;
+    if (which === "edit" && !card.edit) buildEditForm(card);
     card.sheet = which;
     setAttr(card.root, "data-sheet", which);
     setAttr(card.root, "draggable", "false");   // text in a draggable element cannot be selected
     r.renameForm.hidden = which !== "rename";
     r.timingForm.hidden = which !== "timing";
+    if (card.edit) card.edit.form.hidden = which !== "edit";
     sheetMessage(r.renameMessage, "");
     sheetMessage(r.timingMessage, "");
     if (which === "rename") {
       r.renameInput.value = card.item.name || "";
       r.renameInput.focus();
       r.renameInput.select();
+    } else if (which === "edit") {
+      card.edit.reset(card.item.spec);
+      card.edit.first.focus();
     } else {
       fillTimingForm(card);
       (isStill(card.item) ? r.durationInput : r.countInput).focus();
@@ -951,7 +1092,9 @@
     setAttr(card.root, "draggable", card.item.in_loop ? "true" : "false");
     card.refs.renameForm.hidden = true;
     card.refs.timingForm.hidden = true;
-    if (which) (which === "rename" ? card.refs.rename : card.refs.timing).focus();
+    if (card.edit) card.edit.form.hidden = true;
+    const opener = { rename: card.refs.rename, timing: card.refs.timing, edit: card.refs.edit }[which];
+    if (opener) opener.focus();
   }
 
   async function submitRename(card) {
@@ -1049,6 +1192,17 @@
   }
 
   function itemMeta(item) {
+    const spec = item.spec || {};
+    if (item.kind === "clock") {
+      const c = spec.clock || {};
+      return ["clock", c.format ? c.format + (c.seconds ? ":SS" : "") : "", "the time now"]
+        .filter(Boolean).join(" · ");
+    }
+    if (item.kind === "text") {
+      const moving = item.frames > 1;
+      return ["text", moving ? "scrolls" : "still", fmtDurationMs(moving ? item.duration_ms : 0)]
+        .filter(Boolean).join(" · ");
+    }
     const parts = [];
     if (item.kind) parts.push(item.kind);
     if (item.width && item.height) parts.push(item.width + "\u00d7" + item.height);
@@ -1111,6 +1265,192 @@
     r.timingForm.addEventListener("submit", (e) => { e.preventDefault(); submitTiming(card); });
   }
 
+  // ---- text and clock items: one form builder for "Add text" / "Add clock" and for a card's
+  // edit sheet. Field names are the API's (POST /api/media, PATCH /api/media/{id}; README
+  // "Text, clocks and notifications"); the server checks every value and names the field.
+  function isGenerated(item) { return item.kind === "text" || item.kind === "clock"; }
+
+  const TEXT_DEFAULTS = { text: "", color: "#ffffff", background: "#000000", scroll: "auto", speed_px_s: 30 };
+  const CLOCK_DEFAULTS = { format: "HH:MM", seconds: false, color: "#ff8000", background: "#000000" };
+  const SPEC_LABELS = {
+    text: "Text", color: "Text colour", background: "Background", scroll: "Scroll",
+    speed_px_s: "Speed", font: "Font", name: "Name", clock: "Clock", "clock.format": "Format",
+    "clock.seconds": "Seconds", "clock.color": "Colour", "clock.background": "Background",
+    "clock.font": "Font",
+  };
+  const SCROLL_CHOICES = [["auto", "If needed"], ["always", "Always"], ["never", "Never"]];
+  const CLOCK_FORMATS = [["HH:MM", "24-hour, 09:05"], ["H:MM", "24-hour, 9:05"],
+    ["hh:MM", "12-hour, 09:05"], ["h:MM", "12-hour, 9:05"]];
+
+  // A number field as sent: empty = left out (the default, or unchanged on an edit), a
+  // number when it is one, else the text as typed, for the server to name.
+  function typedNumber(input) {
+    const text = input.value.trim().replace(",", ".");
+    if (text === "") return undefined;
+    const value = Number(text);
+    return isFinite(value) ? value : text;
+  }
+
+  /** The fields of a text ("text") or clock ("clock") item; `prefix` names the test ids. */
+  function specForm(kind, prefix, saveText) {
+    const f = { kind, inputs: {} };
+    const field = (label, input, cls) => h("label", { class: "field " + (cls || "") },
+      [h("span", { class: "field-label", text: label }), input]);
+    const select = (testid, choices) => h("select", { "data-testid": testid },
+      choices.map(([value, text]) => h("option", { value, text })));
+    const colour = (testid) => h("input", { type: "color", "data-testid": testid });
+    const rows = [];
+    if (kind === "text") {
+      f.inputs.text = h("input", { type: "text", "data-testid": prefix + "-text", maxlength: 500,
+        autocomplete: "off", enterkeyhint: "done", placeholder: "Back in 5 minutes" });
+      f.inputs.scroll = select(prefix + "-scroll", SCROLL_CHOICES);
+      f.inputs.speed_px_s = h("input", { type: "text", inputmode: "numeric", "data-testid": prefix + "-speed",
+        autocomplete: "off", spellcheck: "false", placeholder: "30" });
+      rows.push(field("Text", f.inputs.text));
+      rows.push(h("div", { class: "pair" }, [field("Scroll", f.inputs.scroll),
+        field("Speed (pixels/s)", f.inputs.speed_px_s)]));
+    } else {
+      f.inputs.format = select(prefix + "-format", CLOCK_FORMATS);
+      f.inputs.seconds = h("input", { type: "checkbox", class: "big-check", "data-testid": prefix + "-seconds" });
+      rows.push(h("div", { class: "pair" }, [field("Format", f.inputs.format),
+        field("Seconds", f.inputs.seconds, "check-field")]));
+    }
+    f.inputs.color = colour(prefix + "-color");
+    f.inputs.background = colour(prefix + "-background");
+    rows.push(h("div", { class: "pair" }, [field(kind === "text" ? "Text colour" : "Colour", f.inputs.color),
+      field("Background", f.inputs.background)]));
+    // API field name (as the server's messages name it) -> input
+    const scope = kind === "clock" ? "clock." : "";
+    f.names = {};
+    for (const [key, input] of Object.entries(f.inputs)) f.names[scope + key] = input;
+    f.first = kind === "text" ? f.inputs.text : f.inputs.format;
+    f.message = h("p", { class: "form-message", "data-kind": "error", "data-testid": prefix + "-message",
+      role: "alert", hidden: true });
+    f.save = button(prefix + "-save", saveText, "btn-primary", { type: "submit" });
+    f.cancel = button(prefix + "-cancel", "Cancel");
+    f.form = h("form", { class: "sheet spec-form", "data-testid": prefix + "-form", novalidate: true,
+      autocomplete: "off", hidden: true }, rows.concat([f.message,
+      h("div", { class: "form-actions" }, [f.save, f.cancel])]));
+    // `spec`: the item's (GET /api/media), or none for a new one
+    f.reset = (spec) => {
+      const values = kind === "text" ? Object.assign({}, TEXT_DEFAULTS, spec || {})
+        : Object.assign({}, CLOCK_DEFAULTS, (spec && spec.clock) || {});
+      for (const [key, input] of Object.entries(f.inputs)) {
+        if (input.type === "checkbox") input.checked = Boolean(values[key]);
+        else input.value = values[key] === undefined || values[key] === null ? "" : String(values[key]);
+      }
+      f.say("");
+      markInvalid(f.names, null);
+    };
+    f.read = () => {
+      const v = f.inputs;
+      if (kind === "clock") {
+        return { clock: { format: v.format.value, seconds: v.seconds.checked, color: v.color.value,
+          background: v.background.value } };
+      }
+      const body = { text: v.text.value, color: v.color.value, background: v.background.value,
+        scroll: v.scroll.value };
+      const speed = typedNumber(v.speed_px_s);
+      if (speed !== undefined) body.speed_px_s = speed;
+      return body;
+    };
+    f.say = (text) => sheetMessage(f.message, text);
+    f.fail = (prefixWords, err) => {
+      const problem = fieldProblem(err, SPEC_LABELS);
+      markInvalid(f.names, problem.field);
+      f.say(prefixWords + problem.text);
+      if (problem.field && f.names[problem.field]) f.names[problem.field].focus();
+    };
+    f.form.addEventListener("keydown", (e) => { if (e.key === "Escape") f.cancel.click(); });
+    return f;
+  }
+
+  function buildEditForm(card) {
+    const f = specForm(card.item.kind === "clock" ? "clock" : "text", "item-edit",
+      card.item.kind === "clock" ? "Save clock" : "Save text");
+    card.edit = f;
+    card.refs.grid.append(f.form);
+    f.cancel.addEventListener("click", () => closeSheet(card));
+    f.form.addEventListener("submit", (e) => { e.preventDefault(); submitEdit(card); });
+  }
+
+  async function submitEdit(card) {
+    beginAction();
+    const f = card.edit;
+    f.say("");
+    markInvalid(f.names, null);
+    f.save.disabled = true;
+    try {
+      await patchItem(card, f.read());   // the card follows the new id
+      closeSheet(card);
+    } catch (err) {
+      f.fail("Not saved: ", err);
+    } finally {
+      f.save.disabled = false;
+    }
+    loadLibrary();
+  }
+
+  // "Add text" and "Add clock" in the Add media panel: POST /api/media with a JSON body.
+  const adders = {};
+
+  function buildAdders() {
+    const box = $("#add-forms");
+    for (const kind of ["text", "clock"]) {
+      const f = specForm(kind, "new-" + kind, kind === "text" ? "Add text" : "Add clock");
+      f.opener = $("#add-" + kind);
+      f.form.id = "new-" + kind + "-form";
+      f.reset(null);
+      f.opener.addEventListener("click", () => toggleAdder(kind));
+      f.cancel.addEventListener("click", () => { beginAction(); closeAdder(kind, true); });
+      f.form.addEventListener("submit", (e) => { e.preventDefault(); submitAdder(kind); });
+      adders[kind] = f;
+      box.append(f.form);
+    }
+  }
+
+  function toggleAdder(kind) {
+    beginAction();
+    const opening = adders[kind].form.hidden;
+    for (const other of Object.keys(adders)) closeAdder(other, false);
+    if (!opening) { adders[kind].opener.focus(); return; }
+    const f = adders[kind];
+    f.form.hidden = false;
+    setAttr(f.opener, "aria-expanded", "true");
+    f.first.focus();
+  }
+
+  function closeAdder(kind, focusOpener) {
+    const f = adders[kind];
+    f.form.hidden = true;
+    setAttr(f.opener, "aria-expanded", "false");
+    if (focusOpener) f.opener.focus();
+  }
+
+  async function submitAdder(kind) {
+    beginAction();
+    const f = adders[kind];
+    f.say("");
+    markInvalid(f.names, null);
+    f.save.disabled = true;
+    try {
+      const res = await api("POST", "/api/media", { json: f.read() });
+      const result = ((res.data && res.data.results) || [])[0] || {};
+      const item = result.item && typeof result.item === "object" ? result.item : {};
+      const label = "\u201c" + (item.name || (kind === "clock" ? "Clock" : "text")) + "\u201d";
+      f.reset(null);
+      closeAdder(kind, true);
+      notify(result.status === 200 ? label + " is in the library already."
+        : "Added " + label + (item.in_loop ? " to the library and the loop." : " to the library."));
+      loadLibrary();
+      pollers.status.poke();
+    } catch (err) {
+      f.fail(kind === "clock" ? "No clock added: " : "Not added: ", err);
+    } finally {
+      f.save.disabled = false;
+    }
+  }
+
   function createCard(item) {
     const card = { id: item.id, item, sheet: "", refs: {} };
     const r = card.refs;
@@ -1120,7 +1460,10 @@
     });
     r.thumb.addEventListener("error", () => r.thumbBox.classList.add("thumb-missing"));
     r.thumb.addEventListener("load", () => r.thumbBox.classList.remove("thumb-missing"));
-    r.thumbBox = h("div", { class: "thumb" }, [r.thumb]);
+    // a scrolling text's thumbnail is its first frame, before the text has come in: the
+    // card writes the text over it, in its colours, to be recognisable
+    r.thumbText = h("span", { class: "thumb-text", "data-testid": "item-thumb-text", "aria-hidden": "true", hidden: true });
+    r.thumbBox = h("div", { class: "thumb" }, [r.thumb, r.thumbText]);
     r.name = h("p", { class: "card-name", "data-testid": "item-name" });
     r.meta = h("p", { class: "card-meta muted" });
     r.timingSummary = h("p", { class: "card-meta card-timing", "data-testid": "item-timing-summary" });
@@ -1133,18 +1476,22 @@
     r.show = button("item-show", "Show now", "btn-small");
     r.rename = button("item-rename", "Rename", "btn-small");
     r.timing = button("item-timing", "Play time", "btn-small");
-    r.download = h("a", { class: "btn btn-small", "data-testid": "item-download", download: "", text: "Download" });
+    // a text or a clock is edited, not downloaded (its "original" is a few bytes of JSON)
+    const generated = isGenerated(item);
+    r.download = generated ? null
+      : h("a", { class: "btn btn-small", "data-testid": "item-download", download: "", text: "Download" });
+    r.edit = generated ? button("item-edit", "Edit", "btn-small") : null;
     r.del = button("item-delete", "Delete", "btn-small btn-danger");
-    card.root = h("li", { class: "card", "data-testid": "item-card", "data-id": item.id, "data-sheet": "" }, [
-      h("div", { class: "card-grid" }, [
-        r.thumbBox,
-        h("div", { class: "card-info" }, [r.name, r.meta, r.timingSummary, r.badge]),
-        h("div", { class: "card-move" }, [r.up, r.down]),
-        h("div", { class: "card-actions" }, [r.toggle, r.show, r.rename, r.timing, r.download, r.del]),
-        r.renameForm,
-        r.timingForm,
-      ]),
+    r.grid = h("div", { class: "card-grid" }, [
+      r.thumbBox,
+      h("div", { class: "card-info" }, [r.name, r.meta, r.timingSummary, r.badge]),
+      h("div", { class: "card-move" }, [r.up, r.down]),
+      h("div", { class: "card-actions" }, [r.toggle, r.show, r.rename, r.timing, r.download || r.edit, r.del]),
+      r.renameForm,
+      r.timingForm,
     ]);
+    card.root = h("li", { class: "card", "data-testid": "item-card", "data-id": item.id,
+      "data-kind": item.kind || "", "data-sheet": "" }, [r.grid]);
 
     r.up.addEventListener("click", () => moveInLoop(card.id, -1));
     r.down.addEventListener("click", () => moveInLoop(card.id, +1));
@@ -1153,6 +1500,7 @@
     r.del.addEventListener("click", () => deleteItem(card.item));
     r.rename.addEventListener("click", () => openSheet(card, "rename"));
     r.timing.addEventListener("click", () => openSheet(card, "timing"));
+    if (r.edit) r.edit.addEventListener("click", () => openSheet(card, "edit"));
     setupCardDrag(card);
     return card;
   }
@@ -1177,11 +1525,25 @@
     } else {
       r.badge.hidden = true;
     }
+    const spec = item.spec || {};
+    const caption = item.kind === "text" && item.frames > 1 && spec.text ? spec.text : "";
+    r.thumbText.hidden = !caption;
+    setText(r.thumbText, caption);
+    if (caption && /^#[0-9a-fA-F]{6}$/.test(spec.color || "")) r.thumbText.style.color = spec.color;
     const thumb = item.thumb || "/api/media/" + encodeURIComponent(item.id) + "/thumb.png";
     if (r.thumb.getAttribute("src") !== thumb) r.thumb.setAttribute("src", thumb);
     setAttr(r.thumb, "alt", "Thumbnail of " + label);
-    setAttr(r.download, "href", "/api/media/" + encodeURIComponent(item.id) + "/original");
-    setAttr(r.download, "aria-label", "Download the original of " + label);
+    if (r.download) {
+      setAttr(r.download, "href", "/api/media/" + encodeURIComponent(item.id) + "/original");
+      setAttr(r.download, "aria-label", "Download the original of " + label);
+    }
+    if (r.edit) {
+      // the spec is known once the item is drawn (a restored one waits for its render)
+      r.edit.disabled = !item.spec || Boolean(item.pending);
+      setAttr(r.edit, "aria-label", "Edit " + label);
+      setAttr(r.edit, "title", r.edit.disabled ? "Being prepared for the panel; try again in a moment"
+        : item.kind === "clock" ? "Change the clock's format and colours" : "Change the text and its colours");
+    }
     r.up.hidden = r.down.hidden = !item.in_loop;
     r.up.disabled = !item.in_loop || index === 0;
     r.down.disabled = !item.in_loop || index >= loopLength - 1;
@@ -1966,6 +2328,7 @@
     });
     $("#library-empty-add").addEventListener("click", () => input.click());
     wireDrop();
+    buildAdders();
 
     $("#upload-clear").addEventListener("click", () => {
       for (const [key, up] of uploads) {
@@ -1987,12 +2350,17 @@
   }
 
   // ---------------------------------------------------------------- extension points
-  // operator.js adds the schedule and backup/restore panels without touching the pollers:
-  // on("status"/"reconnected"), api()/xhrSend() with the token, notify()/beginAction() for
-  // messages; `token`/`requireToken` let it send the token with a plain
-  // fetch for the backup download and ask for it after a 401 from xhrSend.
+  // operator.js adds the schedule and backup/restore panels, notify.js the message box,
+  // without touching the pollers: on("status"/"offline"/"reconnected"), api()/xhrSend() with
+  // the token, notify()/beginAction() for messages, fieldProblem()/markInvalid() for a field
+  // the server names, clock() for times, refresh() to poll the status at once;
+  // `token`/`requireToken` let it send the token with a plain fetch for the backup download
+  // and ask for it after a 401 from xhrSend.
   window.LOOP = Object.freeze({
-    api, xhrSend, on, notify, beginAction, explain, loadLibrary, h,
+    api, xhrSend, on, notify, beginAction, explain, loadLibrary, h, fieldProblem, markInvalid,
+    clock, clockDay, noteLabel, ApiError,
+    online: () => conn.state !== "offline",
+    refresh: () => pollers.status.poke(),
     token: () => auth.token(),
     requireToken: (rejected) => auth.require(Boolean(rejected)),
   });

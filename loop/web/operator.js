@@ -14,6 +14,8 @@
  *                              tidied to "22:00" / "07:00"),
  *                              input[data-testid=rule-day][value=monday…sunday] (none = every
  *                              day; each a 44 px toggle: the checkbox covers its label),
+ *                              select[data-testid=rule-show] loop | clock | off (what the panel
+ *                              shows meanwhile; "off" disables rule-brightness, sent without it),
  *                              button[data-testid=rule-remove]
  *   #schedule-add, #schedule-save, #schedule-revert  (same data-testid)
  *   #schedule-message          [data-testid=schedule-message] the last save's error or result;
@@ -38,6 +40,7 @@
   const DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
   const DAY_LABELS = ["Mo", "Tu", "We", "Th", "Fr", "Sa", "Su"];
   const MAX_RULES = 32;
+  const SHOWS = [["loop", "The loop, dimmed"], ["clock", "Only the clock"], ["off", "Nothing (dark)"]];
 
   const h = LOOP.h;  // app.js's element builder
 
@@ -111,8 +114,10 @@
         "; then the schedule takes over.";
     }
     if (st.active_rule !== null && st.active_rule !== undefined) {
+      const what = { clock: "only the clock at " + st.rule_brightness + "%", off: "the panel dark" }[st.show] ||
+        "at " + st.rule_brightness + "%";
       return "Now: " + (st.active_name ? "“" + st.active_name + "”" : "rule " + (st.active_rule + 1)) +
-        " at " + st.rule_brightness + "%" + (next ? ", until " + next : "") + ".";
+        ", " + what + (next ? ", until " + next : "") + ".";
     }
     if (!st.rules) return "No rules: brightness is what you set (" + st.manual_brightness + "%).";
     return "No rule active: brightness " + st.manual_brightness + "%" +
@@ -160,6 +165,22 @@
       }),
       h("span", { class: "day-face", "aria-hidden": "true", text: DAY_LABELS[i] }),
     ]));
+    const brightness = h("input", {
+      type: "number", min: 0, max: 100, step: 1, class: "rule-brightness", inputmode: "numeric",
+      "data-testid": "rule-brightness", value: rule.brightness, required: true,
+      disabled: rule.show === "off",
+      oninput: update((el) => {
+        schedule.rules[index].brightness = el.value === "" ? null : Number(el.value);
+      }),
+    });
+    // what the panel shows while the rule is in force; a dark panel has no brightness
+    const show = h("select", {
+      class: "rule-show", "data-testid": "rule-show", "aria-label": "What the panel shows",
+      onchange: update((el) => {
+        schedule.rules[index].show = el.value;
+        brightness.disabled = el.value === "off";
+      }),
+    }, SHOWS.map(([value, text]) => h("option", { value, text, selected: (rule.show || "loop") === value })));
     return h("li", { class: "rule", "data-testid": "schedule-rule", "data-index": index }, [
       h("div", { class: "rule-line" }, [
         h("input", {
@@ -187,15 +208,12 @@
         ]),
         h("label", { class: "field field-inline" }, [
           h("span", { class: "field-label", text: "Brightness" }),
-          h("input", {
-            type: "number", min: 0, max: 100, step: 1, class: "rule-brightness", inputmode: "numeric",
-            "data-testid": "rule-brightness", value: rule.brightness, required: true,
-            oninput: update((el) => {
-              schedule.rules[index].brightness = el.value === "" ? null : Number(el.value);
-            }),
-          }),
+          brightness,
           h("span", { class: "muted", text: "%" }),
         ]),
+      ]),
+      h("div", { class: "rule-line" }, [
+        h("label", { class: "field field-inline" }, [h("span", { class: "field-label", text: "Shows" }), show]),
       ]),
       h("div", { class: "rule-line" }, [
         h("div", { class: "days", role: "group", "aria-label": "Days (none: every day)" }, dayBoxes),
@@ -257,9 +275,11 @@
       li.removeAttribute("data-invalid");
     }
     const rules = schedule.rules.map((r) => {
-      const out = { days: r.days || [], start: tidyTime(r.start), end: tidyTime(r.end),
-        brightness: r.brightness };
+      const out = { days: r.days || [], start: tidyTime(r.start), end: tidyTime(r.end) };
+      // a dark panel needs no brightness (the server fills in 0)
+      if (r.show !== "off") out.brightness = r.brightness;
       if (r.name) out.name = r.name;
+      if (r.show && r.show !== "loop") out.show = r.show;
       return out;
     });
     try {
@@ -311,7 +331,8 @@
       ]),
       h("p", { class: "muted small", text: "A rule whose end is before its start runs past " +
         "midnight. Where rules overlap, the lower one in the list wins. Brightness set by " +
-        "hand holds until the next rule starts or ends." }),
+        "hand holds until the next rule starts or ends. While a rule shows only the clock " +
+        "or nothing, high and critical messages still show (by default)." }),
     );
     LOOP.on("status", (s) => { if (s && s.schedule) renderState(s.schedule); });
     LOOP.on("reconnected", () => { if (!schedule.dirty) loadSchedule(); });
