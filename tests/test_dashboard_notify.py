@@ -140,6 +140,9 @@ def test_send_a_message_see_it_queued_and_on_the_panel_then_dismiss_it(browser, 
         bodies = sent_bodies(page)
         page.wait_for_selector('#now-notice', state="hidden")
         assert page.locator("#notify-queue-box").is_hidden()
+        # the empty Seconds field says what it stands for: the server's notify.duration_sec
+        page.wait_for_function("() => document.querySelector('#notify-duration').placeholder"
+                               " === '10 (default)'")
         page.fill("#notify-text", "Ring")
         page.select_option("#notify-priority", "high")
         page.fill("#notify-duration", "60")

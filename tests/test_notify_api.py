@@ -76,6 +76,16 @@ def test_a_text_item_is_a_library_item_with_its_content_as_id(app, client):
     assert original.body.startswith(b'{"background":"#000000","color":"#00ff00"')
 
 
+@requires_fonts
+def test_a_marquees_thumbnail_shows_its_text(app, client):
+    reply = client.post("/api/media", json_body={"text": "BACK IN FIVE MINUTES",
+                                                  "color": "#ff0000", "scroll": "always"})
+    item = reply.data["results"][0]["item"]
+    thumb = Image.open(io.BytesIO(client.get(item["thumb"]).body)).convert("RGB")
+    # the first frame is all background (the text enters from the right); the thumb is not
+    assert (255, 0, 0) in colours(thumb)
+
+
 def test_bad_text_items_are_400_naming_the_field_and_change_nothing(app, client):
     client.upload([("a.png", png_bytes())])
     before = library_files(app)
@@ -188,6 +198,12 @@ def test_priorities_queue_replace_retract_and_the_bound(make_app):
     wait_for(lambda: listed(client) == [("c", "showing"), ("a", "queued")])
     assert client.request("DELETE", "/api/notify/b").status == 404
     assert status(client)["notifications"]["showing"] == "c"
+
+
+def test_the_queue_listing_says_the_defaults_a_form_needs(client):
+    data = client.get("/api/notify").data
+    assert data["defaults"] == {"duration_sec": 10.0, "night_priority": "high"}
+    assert data["max_queued"] == 16 and data["notifications"] == []
 
 
 def test_expired_notifications_are_never_shown(app, client):

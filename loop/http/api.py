@@ -516,8 +516,12 @@ class Api:
                                   None)
 
     def list_notify(self, request):
+        notify = self.app.cfg.notify
+        # what a notification without duration_sec shows for, and what a night rule lets by
+        defaults = {"duration_sec": notify.duration_sec, "night_priority": notify.night_priority}
         return envelope(200, {"notifications": self.app.notifications.listing(
-            time.monotonic()), "max_queued": self.app.notifications.capacity})
+            time.monotonic()), "max_queued": self.app.notifications.capacity,
+            "defaults": defaults})
 
     def retract_notify(self, request, id):
         if not self.app.retract(id[:100]):

@@ -217,7 +217,7 @@ class Intake:
                 rendered = render.render(received.path, frames_path, target, self.cfg.media,
                                         progress=progress, deadline=deadline)
                 frame_file = FrameFile(frames_path)
-                render.write_thumb(frame_file.frame(0), target,
+                render.write_thumb(frame_file.frame(rendered.thumb_frame), target,
                                   os.path.join(staging, "thumb.png"))
                 frame_file.close()
                 os.rename(received.path, os.path.join(staging, f"original.{rendered.ext}"))

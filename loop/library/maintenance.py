@@ -160,7 +160,7 @@ class Maintenance:
                                         + cfg.media.decode_timeout_sec)
                 frame_file = FrameFile(frames_path)
                 try:
-                    render.write_thumb(frame_file.frame(0), target,
+                    render.write_thumb(frame_file.frame(rendered.thumb_frame), target,
                                       os.path.join(staging, "thumb.png"))
                 finally:
                     frame_file.close()

@@ -58,6 +58,7 @@ class Rendered:
     notes: list[str] = field(default_factory=list)
     ext: str = "bin"  # extension of the stored original, from the bytes
     extra: dict = field(default_factory=dict)  # kind-specific metadata (a clock's layout)
+    thumb_frame: int = 0  # the frame the thumbnail shows (a marquee's text in view)
 
 
 def gif_delay(duration) -> int:

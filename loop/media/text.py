@@ -174,6 +174,8 @@ def render_text(spec: TextSpec, frames_path: str, target: Target, fonts: Fonts, 
         writer.finish(sync=sync)
     finally:
         writer.close()
+    # frame panel_w - 1 shows the text's start at the left edge: the marquee's thumbnail
     return Rendered("text", "json", width, face.height, count, sum(durations), notes, "json",
-                    extra={"spec": asdict(spec)})
+                    extra={"spec": asdict(spec)},
+                    thumb_frame=min(panel_w - 1, count - 1) if marquee else 0)
 

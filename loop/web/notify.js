@@ -124,6 +124,10 @@
         state.capacity = res.data.max_queued;
         renderCount();
       }
+      const defaults = (res.data && res.data.defaults) || {};
+      if (typeof defaults.duration_sec === "number") {  // what an empty Seconds field means
+        document.getElementById("notify-duration").placeholder = defaults.duration_sec + " (default)";
+      }
     } catch (err) { /* the count goes without its "of N"; the pollers report a lost connection */ }
   }
 
