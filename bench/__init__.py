@@ -1,1 +1,1 @@
-"""`make bench`: LOOP's timing and memory numbers (see the README's Benchmarks section)."""
+"""`make bench`: LOOP's timing and memory numbers (see docs/benchmarks.md)."""

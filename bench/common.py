@@ -147,7 +147,7 @@ def results_table(records) -> str:
 
 
 def markdown_table(records) -> str:
-    """The same table as Markdown, for the README's Benchmarks section."""
+    """The same table as Markdown, for docs/benchmarks.md."""
     lines = ["| group | bench | numbers | goal | goal? |", "|---|---|---|---|---|"]
     for row in table_rows(records):
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
@@ -161,7 +161,7 @@ def _n(value, digits: int = 3) -> str:
 
 def brief_rows(records) -> list[tuple]:
     """One short row per result worth a glance (polling folded per condition), for the
-    README: (group, what, result, goal, verdict)."""
+    docs/benchmarks.md: (group, what, result, goal, verdict)."""
     rows, polling = [], {}
     for rec in records:
         group, bench = rec["group"], rec["bench"]

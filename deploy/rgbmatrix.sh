@@ -89,7 +89,7 @@ default_jobs() {
 }
 
 warn_memory() {
-    # One compiler peaks near 300 MB (measured; see the README): less than that free, RAM
+    # One compiler peaks near 300 MB (measured; see docs/raspberry-pi.md): less than that free, RAM
     # and swap together, and the kernel's OOM killer ends the build half way.
     avail=$(meminfo_kb MemAvailable)
     swap=$(meminfo_kb SwapFree)

@@ -101,10 +101,10 @@ def test_replace_validates():
         cfg.replace(**{"web.port": -5})
 
 
-def test_readme_configuration_tables_match_the_schema():
-    with open(f"{ROOT}/README.md") as fh:
-        readme = fh.read()
-    start = readme.index("-->\n", readme.index("<!-- config:begin")) + 4
-    end = readme.index("<!-- config:end -->")
-    assert readme[start:end] == config.markdown_reference(), \
-        "regenerate the README tables with: python3 -m loop.config"
+def test_the_configuration_reference_matches_the_schema():
+    with open(f"{ROOT}/docs/configuration.md") as fh:
+        reference = fh.read()
+    start = reference.index("-->\n", reference.index("<!-- config:begin")) + 4
+    end = reference.index("<!-- config:end -->")
+    assert reference[start:end] == config.markdown_reference(), \
+        "regenerate the tables in docs/configuration.md with: python3 -m loop.config"

@@ -275,8 +275,8 @@ def test_on_off_backlight_switches_and_the_pixels_dim_in_software(tmp_path):
 
 
 def test_a_backlight_without_levels_is_no_backlight(tmp_path):
-    """fbtft registers a backlight with max_brightness 0 for led_pin (the README's ILI9341
-    line): nothing to set, so brightness is done in software and the LCD lights up."""
+    """fbtft registers a backlight with max_brightness 0 for led_pin (docs/raspberry-pi.md's
+    ILI9341 line): nothing to set, so brightness is done in software and the LCD lights up."""
     root = fake_fb(tmp_path, width=4, height=3, backlight=("fb_ili9341", 0))
     checks = by_name(framebuffer.preflight(cfg(), root=root))
     assert checks["backlight"].status == "skip", checks["backlight"]

@@ -55,7 +55,7 @@ _VSCREENINFO = struct.Struct("<8I12I")  # xres..grayscale, then red/green/blue/t
 _VSCREENINFO_SIZE = 160  # the whole struct fb_var_screeninfo
 OVERLAY_HINT = ("enable the panel's overlay in /boot/firmware/config.txt (for an ILI9341: "
                 "dtoverlay=fbtft,spi0-0,ili9341,... or dtoverlay=mipi-dbi-spi,...; see "
-                "the README) and reboot; `cat /sys/class/graphics/fb*/name` lists "
+                "docs/raspberry-pi.md) and reboot; `cat /sys/class/graphics/fb*/name` lists "
                 "the framebuffers; then set display.framebuffer_device")
 
 

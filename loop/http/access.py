@@ -1,5 +1,5 @@
 """Who may ask what: the client allowlist, the `Host` check against DNS rebinding, the API
-token and the cross-site guard (README, "Access control")."""
+token and the cross-site guard (docs/http-front.md, "Access control")."""
 
 from __future__ import annotations
 

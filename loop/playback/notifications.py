@@ -2,7 +2,7 @@
 decides which one is on the panel. Pure: no I/O, no clock of its own (every decision takes
 `now`, a monotonic time), no knowledge of frames (a notification's `source` is opaque here).
 
-Rules (README, "Notifications"):
+Rules (docs/notifications.md, "Notifications"):
 
 - A higher priority interrupts a lower one at once; equal priorities queue in the order they
   were posted. The loop is the lowest of all: any notification interrupts it.

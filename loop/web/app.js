@@ -1266,8 +1266,8 @@
   }
 
   // ---- text and clock items: one form builder for "Add text" / "Add clock" and for a card's
-  // edit sheet. Field names are the API's (POST /api/media, PATCH /api/media/{id}; README
-  // "Text, clocks and notifications"); the server checks every value and names the field.
+  // edit sheet. Field names are the API's (POST /api/media, PATCH /api/media/{id};
+  // docs/notifications.md, "Text items"); the server checks every value and names the field.
   function isGenerated(item) { return item.kind === "text" || item.kind === "clock"; }
 
   const TEXT_DEFAULTS = { text: "", color: "#ffffff", background: "#000000", scroll: "auto", speed_px_s: 30 };

@@ -1,5 +1,5 @@
 /* LOOP dashboard, the message box: "show this now" over whatever plays, and the messages on
- * the panel and waiting (README "Notifications"). Plugs into app.js through window.LOOP; no
+ * the panel and waiting (docs/notifications.md). Plugs into app.js through window.LOOP; no
  * framework, no inline script or style (CSP).
  *
  * Test contract (tests/test_dashboard_notify.py, test_dashboard_phone.py):
