@@ -276,8 +276,9 @@ class Reply:
 
 
 def request(port: int, method: str, path: str, body=None, headers=None, json_body=None,
-         timeout: float = 300.0) -> Reply:
-    """One request on a fresh connection; `body` may be bytes or an open binary file."""
+            timeout: float = 300.0, source: str | None = None) -> Reply:
+    """One request on a fresh connection; `body` may be bytes or an open binary file;
+    `source` binds a loopback source address (a client of its own for per-client limits)."""
     headers = dict(headers or {})
     if json_body is not None:
         body = json.dumps(json_body).encode()
@@ -285,7 +286,8 @@ def request(port: int, method: str, path: str, body=None, headers=None, json_bod
     if hasattr(body, "read"):
         headers.setdefault("Content-Length", str(os.fstat(body.fileno()).st_size))
     conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=timeout,
-                                      blocksize=256 * 1024)
+                                      blocksize=256 * 1024,
+                                      source_address=(source, 0) if source else None)
     started = time.monotonic()
     try:
         conn.request(method, path, body=body, headers=headers)
@@ -297,12 +299,14 @@ def request(port: int, method: str, path: str, body=None, headers=None, json_bod
         conn.close()
 
 
-def upload(port: int, path: str, name: str | None = None, timeout: float = 600.0) -> Reply:
+def upload(port: int, path: str, name: str | None = None, timeout: float = 600.0,
+           source: str | None = None) -> Reply:
     """Upload a file as a raw body (`?name=`), streamed from disk."""
     query = urllib.parse.urlencode({"name": name or os.path.basename(path)})
     with open(path, "rb") as fh:
         return request(port, "POST", f"/api/media?{query}", body=fh,
-                    headers={"Content-Type": "application/octet-stream"}, timeout=timeout)
+                       headers={"Content-Type": "application/octet-stream"},
+                       timeout=timeout, source=source)
 
 
 def upload_bytes(port: int, data: bytes, name: str, timeout: float = 120.0) -> Reply:

@@ -106,7 +106,9 @@ def _peak(ctx, name: str, files: list[str]) -> dict:
         replies = [None] * len(files)
 
         def send(i, path):
-            replies[i] = upload(service.port, path, f"{name}-{i}{os.path.splitext(path)[1]}")
+            # one client each (three phones): one client alone may not take every slot
+            replies[i] = upload(service.port, path, f"{name}-{i}{os.path.splitext(path)[1]}",
+                                source=f"127.0.0.{2 + i}")
         threads = [threading.Thread(target=send, args=(i, p)) for i, p in enumerate(files)]
         started = time.monotonic()
         for thread in threads:
