@@ -93,6 +93,21 @@ def _idle(ctx, name: str, make_data, runs: int, settle: float, sections=None,
             "met": goal_check(rss, IDLE_GOAL_MB)}
 
 
+def upload_at_once(port: int, files: list[str], names: list[str]) -> list:
+    """Send `files` at the same moment, each from a client of its own (three phones: one
+    client alone may not take every processing slot); the replies, in order."""
+    replies = [None] * len(files)
+
+    def send(i):
+        replies[i] = upload(port, files[i], names[i], timeout=300, source=f"127.0.0.{2 + i}")
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(files))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return replies
+
+
 def _peak(ctx, name: str, files: list[str]) -> dict:
     """Upload `files` at once into a fresh service; peak RSS while they are ingested."""
     data = fresh_dir(os.path.join(ctx.work, f"mem-{name}"))
@@ -103,18 +118,10 @@ def _peak(ctx, name: str, files: list[str]) -> dict:
         exact = reset_hwm(service.pid)
         sampler = PeakSampler(service.pid)
         sampler.start()
-        replies = [None] * len(files)
-
-        def send(i, path):
-            # one client each (three phones): one client alone may not take every slot
-            replies[i] = upload(service.port, path, f"{name}-{i}{os.path.splitext(path)[1]}",
-                                source=f"127.0.0.{2 + i}")
-        threads = [threading.Thread(target=send, args=(i, p)) for i, p in enumerate(files)]
         started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        replies = upload_at_once(service.port, files,
+                                 [f"{name}-{i}{os.path.splitext(p)[1]}"
+                                  for i, p in enumerate(files)])
         seconds = time.monotonic() - started
         time.sleep(0.2)
         sampler.stop()
@@ -234,16 +241,8 @@ def _bomb(ctx, name: str, files: list[str]) -> dict:
         exact = reset_hwm(service.pid)
         sampler = PeakSampler(service.pid, interval=0.01)
         sampler.start()
-        replies = [None] * len(files)
-
-        def send(i, path):
-            replies[i] = upload(service.port, path, os.path.basename(path), timeout=300)
-        threads = [threading.Thread(target=send, args=(i, p)) for i, p in enumerate(files)]
         started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        replies = upload_at_once(service.port, files, [os.path.basename(p) for p in files])
         seconds = time.monotonic() - started
         sampler.stop()
         hwm = vm_hwm_mb(service.pid) if exact else None

@@ -422,10 +422,7 @@ class Api:
             return self._create_text(request)
         if body is None:
             raise HttpError(411, "length_required", "uploads need a Content-Length")
-        limit = int(self.app.cfg.media.max_upload_mb * 1024 * 1024)
-        if body.length > limit:
-            raise HttpError(413, "payload_too_large", f"upload is larger than "
-                           f"media.max_upload_mb = {self.app.cfg.media.max_upload_mb:g} MB")
+        self._check_upload_size(body.length)
         if body.length == 0:
             raise HttpError(400, "bad_request", "the upload is empty")
         self._check_memory()
@@ -438,17 +435,7 @@ class Api:
                             "share of the processing slots; try again shortly",
                             {"Retry-After": "2"})
         try:
-            intake.check_disk(body.length)
-            ctype = request.headers.get("Content-Type", "")
-            if ctype.lower().startswith("multipart/form-data"):
-                boundary = multipart.parse_options_header(ctype)[1].get("boundary")
-                if not boundary:
-                    raise HttpError(400, "bad_request", "multipart body without a boundary")
-                files = intake.receive_multipart(body.read, body.length, boundary,
-                                                 client_upload_id)
-            else:
-                files = intake.receive_raw(body.read, body.length, request.arg("name"),
-                                           client_upload_id)
+            files = self._receive(request, request.arg("name"), client_upload_id)
             status, results = intake.process_all(files)
         finally:
             intake.job_slots.release_for(request.client_key)
@@ -492,28 +479,32 @@ class Api:
             if body.length == 0:
                 raise HttpError(400, "bad_request", "send JSON (Content-Type: "
                                "application/json) or an image")
-            note, replaced = self.app.notify(_query_fields(request),
-                                             receive=lambda: self._receive(request))
+
+            def receive():  # once the fields and the queue were checked: as an upload
+                self._check_upload_size(body.length)
+                return self._receive(request, request.arg("name") or "image", None)
+            note, replaced = self.app.notify(_query_fields(request), receive=receive)
         return envelope(200 if replaced else 201, note,
                         "replaced" if replaced else "queued")
 
-    def _receive(self, request) -> list:
-        """Read an uploaded image for a notification (after the fields and the queue were
-        checked): the same limits as an upload."""
-        body, intake = request.body, self.app.intake
-        limit = int(self.app.cfg.media.max_upload_mb * 1024 * 1024)
-        if body.length > limit:
+    def _check_upload_size(self, length: int) -> None:
+        media = self.app.cfg.media
+        if length > int(media.max_upload_mb * 1024 * 1024):
             raise HttpError(413, "payload_too_large", f"upload is larger than "
-                           f"media.max_upload_mb = {self.app.cfg.media.max_upload_mb:g} MB")
+                            f"media.max_upload_mb = {media.max_upload_mb:g} MB")
+
+    def _receive(self, request, name: str | None, job_id: str | None) -> list:
+        """The files of an upload body (multipart field `file`, or the raw body named `name`)
+        in tmp/, after the free-disk check; uploads and image notifications alike."""
+        body, intake = request.body, self.app.intake
         intake.check_disk(body.length)
         ctype = request.headers.get("Content-Type", "")
         if ctype.lower().startswith("multipart/form-data"):
             boundary = multipart.parse_options_header(ctype)[1].get("boundary")
             if not boundary:
                 raise HttpError(400, "bad_request", "multipart body without a boundary")
-            return intake.receive_multipart(body.read, body.length, boundary, None)
-        return intake.receive_raw(body.read, body.length, request.arg("name") or "image",
-                                  None)
+            return intake.receive_multipart(body.read, body.length, boundary, job_id)
+        return intake.receive_raw(body.read, body.length, name, job_id)
 
     def list_notify(self, request):
         notify = self.app.cfg.notify
