@@ -38,7 +38,11 @@ test: lint
 # its own venv on Debian's Python and Pillow, once per source tree, by deploy/rgbmatrix.sh as
 # on the Pi. `make test` needs no separate step: the simulated-Pi tests build it on first use
 # (and skip, saying why, without the source or a compiler; under CI=true that fails).
-RGBMATRIX_SRC ?= ../shared/vendor/rpi-rgb-led-matrix
+# The source sits beside the project (../shared/vendor); a clone made elsewhere (CI's
+# `git clone . /tmp/ci`) finds it beside the local repository it was cloned from.
+VENDORED := shared/vendor/rpi-rgb-led-matrix
+ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
+RGBMATRIX_SRC ?= $(firstword $(wildcard ../$(VENDORED) $(if $(ORIGIN),$(dir $(ORIGIN))$(VENDORED))) ../$(VENDORED))
 RGBMATRIX_VENV ?= .venv-rgbmatrix
 export RGBMATRIX_SRC RGBMATRIX_VENV
 rgbmatrix:

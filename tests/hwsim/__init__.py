@@ -61,11 +61,22 @@ class Unavailable(Exception):
     """What the real library needs is not on this machine; str() is the skip reason."""
 
 
+VENDORED = "shared/vendor/rpi-rgb-led-matrix"
+
+
 def source_dir() -> Path:
     """RGBMATRIX_SRC (relative to the repository, as the Makefile passes it), by default
-    ../shared/vendor/rpi-rgb-led-matrix."""
-    return (ROOT / (os.environ.get("RGBMATRIX_SRC") or "../shared/vendor/rpi-rgb-led-matrix")
-            ).resolve()
+    ../shared/vendor/rpi-rgb-led-matrix, or, in a clone made elsewhere (CI's
+    `git clone . /tmp/ci`), the same beside the local repository it was cloned from."""
+    given = os.environ.get("RGBMATRIX_SRC")
+    if given:
+        return (ROOT / given).resolve()
+    candidates = [ROOT.parent / VENDORED]
+    origin = subprocess.run(["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin and os.path.isdir(origin):
+        candidates.append(Path(origin).resolve().parent / VENDORED)
+    return next((c.resolve() for c in candidates if c.is_dir()), candidates[0].resolve())
 
 
 def venv_dir() -> Path:
