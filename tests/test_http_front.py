@@ -126,14 +126,39 @@ def test_overall_connection_cap(make_app):
     port = app.server.port
     held = [_open_busy(port, "127.0.0.2"), _open_busy(port, "127.0.0.3")]
     wait_for(lambda: counters(app)["connections_open"] == 2)
-    # until their threads have read those first bytes the two count as idle (and would make
-    # room for a newcomer): wait until the server has seen them sending
-    wait_for(lambda: not app.server._idle)
+    # bytes sent before their threads ran: never counted idle (next test), so never evicted
     assert _refused_at_connect(port, "127.0.0.4")
     for sock in held:
         sock.close()
     wait_for(lambda: counters(app)["connections_open"] == 0)
     assert Client(port, source="127.0.0.4").get("/api/poll/status").status == 200
+
+
+def test_a_request_already_sent_is_never_idle(make_app):
+    """A connection whose request arrived before its thread ran is never offered up to make
+    room for a newcomer, not even for the moment before its thread reads (under load that
+    moment let a third client in past `web.max_connections`)."""
+    app = make_app(**{"web.max_connections": 2, "web.keepalive_idle_sec": 60})
+    server = app.server
+    offered, sent = [], threading.Event()
+    real_idle, real_process = server.idle, server.process_request
+
+    def record_idle(sock, key):
+        offered.append(sock.getpeername())
+        real_idle(sock, key)
+
+    def process_after_send(request, client_address):
+        assert sent.wait(10)  # the accept loop waits until the request is in the kernel
+        real_process(request, client_address)
+
+    server.idle, server.process_request = record_idle, process_after_send
+    with connect(server.port, "127.0.0.2") as sock:
+        sock.sendall(request_bytes("GET", "/api/poll/status"))
+        sent.set()
+        assert read_response(sock).status == 200
+        mine = sock.getsockname()
+        # after its answer the kept-alive connection waits, and is idle from then on
+        wait_for(lambda: offered.count(mine) == 1)
 
 
 # ---- admission ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import ipaddress
 import json
 import logging
 import re
+import select
 import socket
 import sys
 import threading
@@ -481,6 +482,14 @@ class LoopServer(ThreadingHTTPServer):
         log.exception("unhandled error serving %s", client_address[0])
 
 
+def _readable_now(sock) -> bool:
+    """Bytes (or the end) already wait on `sock`. A poll, not recv(MSG_DONTWAIT): on a socket
+    with a timeout Python waits for readability before any recv."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _refuse(sock) -> None:
     """The short 503 over a connection cap, from the accept loop: never blocks for long."""
     try:
@@ -561,7 +570,10 @@ class LoopHandler(BaseHTTPRequestHandler):
         closed to make room for a new client (`LoopServer._make_room`)."""
         self._stream.deadline = (since or time.monotonic()) + idle
         server = self.server
-        server.idle(self.connection, client_key(self.client_address[0]))
+        # a request whose bytes are already here is not idle, not even for a moment
+        waiting = not _readable_now(self.connection)
+        if waiting:
+            server.idle(self.connection, client_key(self.client_address[0]))
         try:
             arrived = bool(self._buffered.peek(1))
         except TimeoutError:
@@ -569,7 +581,8 @@ class LoopHandler(BaseHTTPRequestHandler):
             arrived = False
         except OSError:
             arrived = False
-        return server.busy(self.connection) and arrived
+        still_ours = server.busy(self.connection) if waiting else True
+        return still_ours and arrived
 
     def parse_request(self) -> bool:
         """The stdlib's parser, then the version rule: HTTP/1.0 and HTTP/1.1 only. RFC 9110
