@@ -286,6 +286,17 @@ def test_static_files_are_self_contained_and_csp_clean():
     assert "image-rendering: pixelated" in css
 
 
+@pytest.mark.parametrize("script", ["operator.js", "notify.js"])
+def test_add_on_scripts_are_self_contained(script):
+    """The scripts that plug into app.js: loaded by the page, nothing remote, no eval, no
+    innerHTML (app.js itself names the SVG namespace URL, hence the check above)."""
+    js = open(os.path.join(WEB, script), encoding="utf-8").read()
+    assert "eval(" not in js and "new Function" not in js and "innerHTML" not in js
+    assert "http://" not in js and "https://" not in js
+    html = open(os.path.join(WEB, "index.html"), encoding="utf-8").read()
+    assert f'<script src="/{script}" defer></script>' in html
+
+
 # ---- tests: in the browser --------------------------------------------------------------
 def test_loads_polls_calmly_and_shows_health(ui, loop_server):
     requests = []

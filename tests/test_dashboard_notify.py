@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import os
 import re
 import time
 from zoneinfo import ZoneInfo
@@ -18,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import test_dashboard as dash
 from PIL import Image
-from test_dashboard import WEB, card, eventually, make_gif, start_loop, stop_loop
+from test_dashboard import card, eventually, make_gif, start_loop, stop_loop
 
 browser = dash.browser  # the module's fixtures, shared (one Chromium per module)
 ui = dash.ui
@@ -118,15 +117,6 @@ def sent_bodies(page) -> list:
     page.on("request", lambda r: r.method == "POST" and r.url.endswith("/api/notify")
             and bodies.append(json.loads(r.post_data)))
     return bodies
-
-
-# ---- no browser needed ------------------------------------------------------------------
-def test_notify_script_is_self_contained():
-    js = open(os.path.join(WEB, "notify.js"), encoding="utf-8").read()
-    assert "eval(" not in js and "new Function" not in js and "innerHTML" not in js
-    assert "http://" not in js and "https://" not in js
-    html = open(os.path.join(WEB, "index.html"), encoding="utf-8").read()
-    assert '<script src="/notify.js" defer></script>' in html
 
 
 # ---- the message box and the queue ------------------------------------------------------

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 
 import pytest
 import test_dashboard as dash
-from test_dashboard import WEB, card, eventually, make_gif, start_loop, stop_loop
+from test_dashboard import card, eventually, make_gif, start_loop, stop_loop
 
 browser = dash.browser  # the module's fixtures, shared (one Chromium per module)
 ui = dash.ui
@@ -23,14 +22,6 @@ def op_server(tmp_path_factory):
     loop = start_loop(tmp_path_factory, schedule={"timezone": "Europe/Berlin"})
     yield loop
     stop_loop(loop)
-
-
-def test_operator_script_is_self_contained():
-    js = open(os.path.join(WEB, "operator.js"), encoding="utf-8").read()
-    assert "eval(" not in js and "new Function" not in js and "innerHTML" not in js
-    assert "http://" not in js and "https://" not in js
-    html = open(os.path.join(WEB, "index.html"), encoding="utf-8").read()
-    assert '<script src="/operator.js" defer></script>' in html
 
 
 def test_schedule_panel_lists_edits_validates_and_saves(ui, op_server):

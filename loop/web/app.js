@@ -2352,12 +2352,21 @@
   // ---------------------------------------------------------------- extension points
   // operator.js adds the schedule and backup/restore panels, notify.js the message box,
   // without touching the pollers: on("status"/"offline"/"reconnected"), api()/xhrSend() with
-  // the token, notify()/beginAction() for messages, fieldProblem()/markInvalid() for a field
-  // the server names, clock() for times, refresh() to poll the status at once;
+  // the token, notify()/beginAction() for messages, showNote() for a panel's own message
+  // line, fieldProblem()/markInvalid() for a field the server names, clock() for times,
+  // refresh() to poll the status at once;
   // `token`/`requireToken` let it send the token with a plain fetch for the backup download
   // and ask for it after a 401 from xhrSend.
+  // A panel's own message line, hidden while empty; kind "info" unless told.
+  function showNote(node, text, kind) {
+    node.textContent = text || "";
+    node.dataset.kind = kind || "info";
+    node.hidden = !text;
+  }
+
   window.LOOP = Object.freeze({
     api, xhrSend, on, notify, beginAction, explain, loadLibrary, h, fieldProblem, markInvalid,
+    showNote,
     clock, clockDay, noteLabel, ApiError,
     online: () => conn.state !== "offline",
     refresh: () => pollers.status.poke(),

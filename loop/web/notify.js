@@ -55,10 +55,7 @@
   }
 
   function say(text, kind) {
-    const node = $("#notify-message");
-    node.textContent = text || "";
-    node.dataset.kind = kind || "info";
-    node.hidden = !text;
+    LOOP.showNote($("#notify-message"), text, kind);
   }
 
   function seconds(value) {

@@ -1,6 +1,6 @@
 /* LOOP dashboard, operator panels: the night/dim schedule and backup/restore.
  * Plugs into app.js through window.LOOP (api, xhrSend, on, notify, explain, loadLibrary, h,
- * token, requireToken); no framework, no inline script or style (CSP).
+ * showNote, token, requireToken); no framework, no inline script or style (CSP).
  *
  * Test contract (tests/test_dashboard_operator.py):
  *   #schedule-panel            unhidden once the rules are loaded
@@ -239,10 +239,7 @@
   }
 
   function showMessage(text, kind) {
-    const node = $("#schedule-message");
-    node.textContent = text || "";
-    node.dataset.kind = kind || "info";
-    node.hidden = !text;
+    LOOP.showNote($("#schedule-message"), text, kind);
   }
 
   function applyServer(data) {
