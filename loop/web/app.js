@@ -2359,9 +2359,8 @@
   // and ask for it after a 401 from xhrSend.
   // A panel's own message line, hidden while empty; kind "info" unless told.
   function showNote(node, text, kind) {
-    node.textContent = text || "";
     node.dataset.kind = kind || "info";
-    node.hidden = !text;
+    sheetMessage(node, text);
   }
 
   window.LOOP = Object.freeze({
